@@ -1,0 +1,544 @@
+//! The state machine in its own redb file: objects, the bounded watch history and the Raft
+//! bookkeeping (`last_applied`, membership) change together in one write transaction per
+//! applied batch, committed durably before any client hears the result. A restart therefore
+//! never applies an entry twice and never loses one it acknowledged.
+//!
+//! After each commit the applied entries are published on a bounded broadcast channel; watchers
+//! that fall behind re-read the history table, so a slow watcher costs disk reads, not memory.
+
+use std::io;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use flotilla_api::pb::api::{Object, ObjectKey, WatchEvent};
+use flotilla_api::pb::raft as pb;
+use flotilla_api::{keys, selector::Selector};
+use flotilla_state::{apply_command, ObjectTable};
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use tokio::sync::{broadcast, watch};
+
+use crate::convert;
+use crate::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::StoreError;
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+/// (revision, position in the revision) → encoded WatchEvent.
+const EVENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("events");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+const KEY_APPLIED: &str = "last_applied";
+const KEY_MEMBERSHIP: &str = "membership";
+/// History holds every event with a revision greater than this (u64, little endian).
+const KEY_COMPACT: &str = "compact_revision";
+
+/// What one applied log entry published to watchers.
+#[derive(Debug)]
+pub struct AppliedBatch {
+    /// The entry's log index: the revision of all its events.
+    pub revision: u64,
+    pub events: Vec<WatchEvent>,
+    /// The state was replaced by a snapshot: watchers behind `revision` cannot continue.
+    pub reset: bool,
+}
+
+/// Settings of the state machine that are local to a server (none affects apply).
+#[derive(Debug, Clone)]
+pub struct StateMachineConfig {
+    /// Revisions of watch history kept; older ones are compacted.
+    pub history_revisions: u64,
+    /// Capacity of the applied-entry broadcast; a watcher further behind re-reads history.
+    pub broadcast_capacity: usize,
+}
+
+impl Default for StateMachineConfig {
+    fn default() -> Self {
+        StateMachineConfig {
+            history_revisions: 100_000,
+            broadcast_capacity: 4096,
+        }
+    }
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    snapshot_path: PathBuf,
+    config: StateMachineConfig,
+    events_tx: broadcast::Sender<Arc<AppliedBatch>>,
+    applied_tx: watch::Sender<u64>,
+    current_snapshot: Mutex<Option<(SnapshotMeta, Arc<Vec<u8>>)>>,
+}
+
+/// The openraft state machine; clones share one database.
+#[derive(Clone)]
+pub struct StateMachine {
+    inner: Arc<Inner>,
+}
+
+/// Read access for the API layer: objects, history, revision, and the applied-entry feed.
+#[derive(Clone)]
+pub struct StoreReader {
+    inner: Arc<Inner>,
+}
+
+/// A watch cannot start from a revision the history no longer holds.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("revision {requested} has been compacted; the oldest revision a watch can start from is {oldest}")]
+    Compacted { requested: u64, oldest: u64 },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+fn err(path: &Path, e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("state file {}: {e}", path.display()))
+}
+
+fn decode<M: Message + Default>(path: &Path, what: &str, bytes: &[u8]) -> io::Result<M> {
+    M::decode(bytes).map_err(|e| err(path, format!("undecodable {what}: {e}")))
+}
+
+/// The object table of an open write transaction, as `flotilla-state` sees it.
+struct RedbObjects<'a, 't> {
+    table: &'a mut redb::Table<'t, &'static str, &'static [u8]>,
+    path: &'a Path,
+}
+
+impl ObjectTable for RedbObjects<'_, '_> {
+    type Error = io::Error;
+    fn get(&self, key: &str) -> io::Result<Option<Object>> {
+        match self.table.get(key).map_err(|e| err(self.path, e))? {
+            Some(v) => Ok(Some(decode(self.path, "object", v.value())?)),
+            None => Ok(None),
+        }
+    }
+    fn put(&mut self, key: &str, object: &Object) -> io::Result<()> {
+        self.table
+            .insert(key, object.encode_to_vec().as_slice())
+            .map_err(|e| err(self.path, e))?;
+        Ok(())
+    }
+    fn remove(&mut self, key: &str) -> io::Result<()> {
+        self.table.remove(key).map_err(|e| err(self.path, e))?;
+        Ok(())
+    }
+}
+
+impl StateMachine {
+    /// Open (or create) the state file and load the last snapshot, if any.
+    pub fn open(path: &Path, snapshot_path: &Path, config: StateMachineConfig) -> Result<StateMachine, StoreError> {
+        let db = crate::open_db(path)?;
+        let txn = db.begin_write().map_err(|e| StoreError::io(path, e))?;
+        for t in [OBJECTS, META] {
+            txn.open_table(t).map_err(|e| StoreError::corrupt(path, e))?;
+        }
+        txn.open_table(EVENTS).map_err(|e| StoreError::corrupt(path, e))?;
+        txn.commit().map_err(|e| StoreError::io(path, e))?;
+
+        let current_snapshot = match std::fs::read(snapshot_path) {
+            Ok(bytes) => {
+                let stored = pb::StoredSnapshot::decode(bytes.as_slice())
+                    .map_err(|e| StoreError::corrupt(snapshot_path, e))?;
+                let meta = stored
+                    .meta
+                    .as_ref()
+                    .ok_or_else(|| StoreError::corrupt(snapshot_path, "no meta"))
+                    .and_then(|m| convert::snapshot_meta_from_pb(m).map_err(|e| StoreError::corrupt(snapshot_path, e)))?;
+                Some((meta, Arc::new(stored.data)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StoreError::io(snapshot_path, e)),
+        };
+
+        let (events_tx, _) = broadcast::channel(config.broadcast_capacity.max(16));
+        let (applied_tx, _) = watch::channel(0);
+        let sm = StateMachine {
+            inner: Arc::new(Inner {
+                db,
+                path: path.to_path_buf(),
+                snapshot_path: snapshot_path.to_path_buf(),
+                config,
+                events_tx,
+                applied_tx,
+                current_snapshot: Mutex::new(current_snapshot),
+            }),
+        };
+        let (applied, _) = sm.read_applied_state().map_err(|e| StoreError::corrupt(path, e))?;
+        sm.inner.applied_tx.send_replace(applied.map(|l| l.index).unwrap_or(0));
+        Ok(sm)
+    }
+
+    pub fn reader(&self) -> StoreReader {
+        StoreReader { inner: self.inner.clone() }
+    }
+
+    fn read_applied_state(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        let p = &self.inner.path;
+        let txn = self.inner.db.begin_read().map_err(|e| err(p, e))?;
+        let meta = txn.open_table(META).map_err(|e| err(p, e))?;
+        let applied = match meta.get(KEY_APPLIED).map_err(|e| err(p, e))? {
+            Some(v) => Some(convert::log_id_from_pb(&decode::<pb::LogId>(p, "last_applied", v.value())?).map_err(|e| err(p, e))?),
+            None => None,
+        };
+        let membership = match meta.get(KEY_MEMBERSHIP).map_err(|e| err(p, e))? {
+            Some(v) => convert::stored_membership_from_pb(Some(&decode::<pb::StoredMembership>(p, "membership", v.value())?))
+                .map_err(|e| err(p, e))?,
+            None => StoredMembership::default(),
+        };
+        Ok((applied, membership))
+    }
+
+    /// Apply committed entries in one durable transaction; returns per entry its revision, the
+    /// command result (normal entries) and its events.
+    fn apply_blocking(inner: &Inner, entries: Vec<crate::types::Entry>) -> io::Result<Vec<(u64, Option<pb::CommandResult>, Vec<WatchEvent>)>> {
+        let p = inner.path.as_path();
+        let mut out = Vec::with_capacity(entries.len());
+        let txn = inner.db.begin_write().map_err(|e| err(p, e))?;
+        {
+            let mut objects = txn.open_table(OBJECTS).map_err(|e| err(p, e))?;
+            let mut events = txn.open_table(EVENTS).map_err(|e| err(p, e))?;
+            let mut meta = txn.open_table(META).map_err(|e| err(p, e))?;
+            let mut last = None;
+            for entry in entries {
+                let index = entry.log_id.index;
+                match &entry.payload {
+                    EntryPayload::Normal(cmd) => {
+                        let mut t = RedbObjects { table: &mut objects, path: p };
+                        let applied = apply_command(&mut t, index, cmd)?;
+                        for (seq, ev) in applied.events.iter().enumerate() {
+                            events
+                                .insert((index, seq as u32), ev.encode_to_vec().as_slice())
+                                .map_err(|e| err(p, e))?;
+                        }
+                        out.push((index, Some(pb::CommandResult { results: applied.results }), applied.events));
+                    }
+                    EntryPayload::Membership(m) => {
+                        let sm = StoredMembership::new(Some(entry.log_id), m.clone());
+                        meta.insert(KEY_MEMBERSHIP, convert::stored_membership_to_pb(&sm).encode_to_vec().as_slice())
+                            .map_err(|e| err(p, e))?;
+                        out.push((index, None, Vec::new()));
+                    }
+                    EntryPayload::Blank => out.push((index, None, Vec::new())),
+                }
+                last = Some(entry.log_id);
+            }
+            if let Some(last) = last {
+                meta.insert(KEY_APPLIED, convert::log_id_to_pb(&last).encode_to_vec().as_slice())
+                    .map_err(|e| err(p, e))?;
+                let compact = read_compact(&meta, p)?;
+                let cutoff = last.index.saturating_sub(inner.config.history_revisions);
+                if cutoff > compact {
+                    events
+                        .retain_in((0u64, 0u32)..=(cutoff, u32::MAX), |_, _| false)
+                        .map_err(|e| err(p, e))?;
+                    meta.insert(KEY_COMPACT, cutoff.to_le_bytes().as_slice()).map_err(|e| err(p, e))?;
+                }
+            }
+        }
+        txn.commit().map_err(|e| err(p, e))?;
+        Ok(out)
+    }
+
+    fn build_snapshot_blocking(inner: &Inner) -> io::Result<Snapshot> {
+        let p = inner.path.as_path();
+        // One read transaction: the objects and the applied index are one consistent state.
+        let txn = inner.db.begin_read().map_err(|e| err(p, e))?;
+        let meta_t = txn.open_table(META).map_err(|e| err(p, e))?;
+        let last_applied = match meta_t.get(KEY_APPLIED).map_err(|e| err(p, e))? {
+            Some(v) => Some(decode::<pb::LogId>(p, "last_applied", v.value())?),
+            None => None,
+        };
+        let membership = match meta_t.get(KEY_MEMBERSHIP).map_err(|e| err(p, e))? {
+            Some(v) => Some(decode::<pb::StoredMembership>(p, "membership", v.value())?),
+            None => None,
+        };
+        let objects_t = txn.open_table(OBJECTS).map_err(|e| err(p, e))?;
+        let mut objects = Vec::with_capacity(objects_t.len().map_err(|e| err(p, e))? as usize);
+        for item in objects_t.iter().map_err(|e| err(p, e))? {
+            let (_, v) = item.map_err(|e| err(p, e))?;
+            objects.push(decode::<Object>(p, "object", v.value())?);
+        }
+        let data = pb::SnapshotData {
+            last_applied,
+            membership: membership.clone(),
+            objects,
+        }
+        .encode_to_vec();
+        let meta = SnapshotMeta {
+            last_log_id: convert::opt_log_id_from_pb(last_applied.as_ref()).map_err(|e| err(p, e))?,
+            last_membership: convert::stored_membership_from_pb(membership.as_ref()).map_err(|e| err(p, e))?,
+        };
+        Ok(Snapshot { meta, snapshot: data })
+    }
+
+    /// Write the snapshot file atomically (temp file, fsync, rename, fsync directory).
+    fn persist_snapshot(inner: &Inner, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let path = &inner.snapshot_path;
+        let tmp = path.with_extension("tmp");
+        let stored = pb::StoredSnapshot {
+            meta: Some(convert::snapshot_meta_to_pb(meta)),
+            data: data.to_vec(),
+        };
+        let mut f = std::fs::File::create(&tmp).map_err(|e| err(&tmp, e))?;
+        f.write_all(&stored.encode_to_vec()).map_err(|e| err(&tmp, e))?;
+        f.sync_all().map_err(|e| err(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| err(path, e))?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| err(dir, e))?;
+        }
+        Ok(())
+    }
+
+    fn install_blocking(inner: &Inner, meta: &SnapshotMeta, data: &[u8]) -> io::Result<u64> {
+        let p = inner.path.as_path();
+        let snap: pb::SnapshotData = decode(p, "snapshot", data)?;
+        let revision = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        let txn = inner.db.begin_write().map_err(|e| err(p, e))?;
+        {
+            let mut objects = txn.open_table(OBJECTS).map_err(|e| err(p, e))?;
+            objects.retain(|_, _| false).map_err(|e| err(p, e))?;
+            for o in &snap.objects {
+                let k = keys::object_key(&o.key());
+                objects.insert(k.as_str(), o.encode_to_vec().as_slice()).map_err(|e| err(p, e))?;
+            }
+            let mut events = txn.open_table(EVENTS).map_err(|e| err(p, e))?;
+            events.retain(|_, _| false).map_err(|e| err(p, e))?;
+            let mut m = txn.open_table(META).map_err(|e| err(p, e))?;
+            match &meta.last_log_id {
+                Some(l) => m.insert(KEY_APPLIED, convert::log_id_to_pb(l).encode_to_vec().as_slice()),
+                None => m.remove(KEY_APPLIED),
+            }
+            .map_err(|e| err(p, e))?;
+            m.insert(KEY_MEMBERSHIP, convert::stored_membership_to_pb(&meta.last_membership).encode_to_vec().as_slice())
+                .map_err(|e| err(p, e))?;
+            m.insert(KEY_COMPACT, revision.to_le_bytes().as_slice()).map_err(|e| err(p, e))?;
+        }
+        txn.commit().map_err(|e| err(p, e))?;
+        Self::persist_snapshot(inner, meta, data)?;
+        Ok(revision)
+    }
+}
+
+fn read_compact(meta: &impl ReadableTable<&'static str, &'static [u8]>, p: &Path) -> io::Result<u64> {
+    Ok(match meta.get(KEY_COMPACT).map_err(|e| err(p, e))? {
+        Some(v) => {
+            let b: [u8; 8] = v.value().try_into().map_err(|_| err(p, "compact_revision is not 8 bytes"))?;
+            u64::from_le_bytes(b)
+        }
+        None => 0,
+    })
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let snap = Self::build_snapshot_blocking(&inner)?;
+            Self::persist_snapshot(&inner, &snap.meta, &snap.snapshot)?;
+            let data = Arc::new(snap.snapshot.clone());
+            *inner.current_snapshot.lock().map_err(|_| io::Error::other("snapshot lock poisoned"))? = Some((snap.meta.clone(), data));
+            tracing::info!(last = ?snap.meta.last_log_id, bytes = snap.snapshot.len(), "built snapshot");
+            Ok(snap)
+        })
+        .await
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        self.read_applied_state()
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend {
+        let mut batch = Vec::new();
+        let mut responders = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            batch.push(entry);
+            responders.push(responder);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        let applied = blocking(move || Self::apply_blocking(&inner, batch)).await?;
+        // Durable now: answer clients, then tell watchers.
+        let mut last = 0;
+        for ((revision, result, events), responder) in applied.into_iter().zip(responders) {
+            if let Some(r) = responder {
+                r.send(result.unwrap_or_default());
+            }
+            // No receiver is fine: nobody is watching.
+            let _ = self.inner.events_tx.send(Arc::new(AppliedBatch {
+                revision,
+                events,
+                reset: false,
+            }));
+            last = revision;
+        }
+        self.inner.applied_tx.send_replace(last);
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        let inner = self.inner.clone();
+        let m = meta.clone();
+        let data = Arc::new(snapshot);
+        let d = data.clone();
+        let revision = blocking(move || Self::install_blocking(&inner, &m, &d)).await?;
+        *self.inner.current_snapshot.lock().map_err(|_| io::Error::other("snapshot lock poisoned"))? = Some((meta.clone(), data));
+        tracing::info!(revision, "installed snapshot");
+        let _ = self.inner.events_tx.send(Arc::new(AppliedBatch {
+            revision,
+            events: Vec::new(),
+            reset: true,
+        }));
+        self.inner.applied_tx.send_replace(revision);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let guard = self.inner.current_snapshot.lock().map_err(|_| io::Error::other("snapshot lock poisoned"))?;
+        Ok(guard.as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: data.as_ref().clone(),
+        }))
+    }
+}
+
+/// A page of objects from [`StoreReader::list`].
+pub struct ListPage {
+    pub items: Vec<Object>,
+    pub revision: u64,
+    /// The store key to continue after, when more items follow.
+    pub next_key: Option<String>,
+}
+
+/// Events from [`StoreReader::history_after`]: whole revisions, in order.
+pub struct HistoryPage {
+    pub events: Vec<WatchEvent>,
+    /// The applied revision at the time of the read: every event up to it is in `events` unless
+    /// `more` is set.
+    pub revision: u64,
+    pub more: bool,
+}
+
+impl StoreReader {
+    /// The last applied revision.
+    pub fn revision(&self) -> u64 {
+        *self.inner.applied_tx.borrow()
+    }
+
+    pub fn applied_watch(&self) -> watch::Receiver<u64> {
+        self.inner.applied_tx.subscribe()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<AppliedBatch>> {
+        self.inner.events_tx.subscribe()
+    }
+
+    pub fn watcher_count(&self) -> usize {
+        self.inner.events_tx.receiver_count()
+    }
+
+    fn applied_in(&self, meta: &impl ReadableTable<&'static str, &'static [u8]>) -> io::Result<u64> {
+        let p = &self.inner.path;
+        Ok(match meta.get(KEY_APPLIED).map_err(|e| err(p, e))? {
+            Some(v) => decode::<pb::LogId>(p, "last_applied", v.value())?.index,
+            None => 0,
+        })
+    }
+
+    /// One object and the revision the read reflects, from one read transaction.
+    pub fn get(&self, key: &ObjectKey) -> io::Result<(Option<Object>, u64)> {
+        let p = &self.inner.path;
+        let txn = self.inner.db.begin_read().map_err(|e| err(p, e))?;
+        let revision = self.applied_in(&txn.open_table(META).map_err(|e| err(p, e))?)?;
+        let t = txn.open_table(OBJECTS).map_err(|e| err(p, e))?;
+        let obj = match t.get(keys::object_key(key).as_str()).map_err(|e| err(p, e))? {
+            Some(v) => Some(decode(p, "object", v.value())?),
+            None => None,
+        };
+        Ok((obj, revision))
+    }
+
+    /// Objects of `kind` (in `namespace`, or all when empty) matching `selector`, in key order,
+    /// starting after `after_key`, at most `limit`.
+    pub fn list(&self, kind: &str, namespace: &str, selector: &Selector, limit: usize, after_key: Option<&str>) -> io::Result<ListPage> {
+        let p = &self.inner.path;
+        let txn = self.inner.db.begin_read().map_err(|e| err(p, e))?;
+        let revision = self.applied_in(&txn.open_table(META).map_err(|e| err(p, e))?)?;
+        let t = txn.open_table(OBJECTS).map_err(|e| err(p, e))?;
+        let prefix = keys::list_prefix(kind, namespace);
+        let start = match after_key {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Included(prefix.as_str()),
+        };
+        let mut items = Vec::new();
+        let mut next_key = None;
+        for item in t.range::<&str>((start, Bound::Unbounded)).map_err(|e| err(p, e))? {
+            let (k, v) = item.map_err(|e| err(p, e))?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            if items.len() == limit {
+                // Only report a continuation when something follows.
+                next_key = Some(keys_before(&items, kind));
+                break;
+            }
+            let o: Object = decode(p, "object", v.value())?;
+            if selector.matches(&o.meta().labels) {
+                items.push(o);
+            }
+        }
+        Ok(ListPage { items, revision, next_key })
+    }
+
+    /// Events with a revision greater than `after`, whole revisions only, about `max_events`.
+    pub fn history_after(&self, after: u64, max_events: usize) -> Result<HistoryPage, HistoryError> {
+        let p = &self.inner.path;
+        let txn = self.inner.db.begin_read().map_err(|e| err(p, e))?;
+        let meta = txn.open_table(META).map_err(|e| err(p, e))?;
+        let revision = self.applied_in(&meta)?;
+        let oldest = read_compact(&meta, p)?;
+        if after < oldest {
+            return Err(HistoryError::Compacted { requested: after, oldest });
+        }
+        let t = txn.open_table(EVENTS).map_err(|e| err(p, e))?;
+        let mut events: Vec<WatchEvent> = Vec::new();
+        let mut more = false;
+        let start = after.checked_add(1).unwrap_or(u64::MAX);
+        for item in t.range((start, 0u32)..).map_err(|e| err(p, e))? {
+            let (k, v) = item.map_err(|e| err(p, e))?;
+            let (rev, _) = k.value();
+            if events.len() >= max_events && events.last().is_some_and(|l| l.revision != rev) {
+                more = true;
+                break;
+            }
+            events.push(decode(p, "event", v.value())?);
+        }
+        Ok(HistoryPage { events, revision, more })
+    }
+}
+
+fn keys_before(items: &[Object], _kind: &str) -> String {
+    items.last().map(|o| keys::object_key(&o.key())).unwrap_or_default()
+}

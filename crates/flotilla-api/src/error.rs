@@ -97,6 +97,15 @@ impl ApiError {
     }
 }
 
+/// True when a call failed because no connection could be made: the request was never sent, so
+/// retrying it elsewhere cannot apply it twice.
+pub fn is_connect_error(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        && (status.message().contains("connect error")
+            || status.message().contains("Connection refused")
+            || status.message().contains("error trying to connect"))
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({})", self.message, self.code_name())

@@ -45,13 +45,22 @@ pub const DEFAULT_MAX_OBJECT_BYTES: usize = 4 * 1024 * 1024;
 
 impl std::fmt::Display for pb::raft::Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Command({} writes @{}ms)", self.writes.len(), self.timestamp_ms)
+        write!(
+            f,
+            "Command({} writes @{}ms)",
+            self.writes.len(),
+            self.timestamp_ms
+        )
     }
 }
 
 impl std::fmt::Display for pb::raft::RaftNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{{raft: {}, api: {}}}", self.raft_address, self.api_address)
+        write!(
+            f,
+            "{{raft: {}, api: {}}}",
+            self.raft_address, self.api_address
+        )
     }
 }
 
@@ -68,7 +77,9 @@ impl Object {
 
     pub fn meta(&self) -> &ObjectMeta {
         static EMPTY: std::sync::OnceLock<ObjectMeta> = std::sync::OnceLock::new();
-        self.metadata.as_ref().unwrap_or_else(|| EMPTY.get_or_init(ObjectMeta::default))
+        self.metadata
+            .as_ref()
+            .unwrap_or_else(|| EMPTY.get_or_init(ObjectMeta::default))
     }
 
     pub fn meta_mut(&mut self) -> &mut ObjectMeta {

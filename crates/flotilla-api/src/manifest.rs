@@ -30,7 +30,10 @@ pub struct ManifestObject {
 
 /// Parse every document of `text` (YAML, which includes JSON) and validate each. Empty
 /// documents are skipped; a `List` expands to its items.
-pub fn parse_manifests(source_name: &str, text: &str) -> Result<Vec<ManifestObject>, ManifestError> {
+pub fn parse_manifests(
+    source_name: &str,
+    text: &str,
+) -> Result<Vec<ManifestObject>, ManifestError> {
     let mut out = Vec::new();
     let merr = |document: usize, path: &str, message: String| ManifestError {
         source_name: source_name.to_string(),
@@ -50,13 +53,20 @@ pub fn parse_manifests(source_name: &str, text: &str) -> Result<Vec<ManifestObje
                 .and_then(Value::as_array)
                 .ok_or_else(|| merr(i, "items", "a List must have an items array".into()))?;
             for (j, item) in items.iter().enumerate() {
-                let object = object_from_value(item).map_err(|(p, m)| merr(i, &format!("items[{j}].{p}"), m))?;
-                out.push(ManifestObject { document: i, object });
+                let object = object_from_value(item)
+                    .map_err(|(p, m)| merr(i, &format!("items[{j}].{p}"), m))?;
+                out.push(ManifestObject {
+                    document: i,
+                    object,
+                });
             }
             continue;
         }
         let object = object_from_value(&value).map_err(|(p, m)| merr(i, &p, m))?;
-        out.push(ManifestObject { document: i, object });
+        out.push(ManifestObject {
+            document: i,
+            object,
+        });
     }
     Ok(out)
 }
@@ -101,7 +111,11 @@ fn string_map(v: &Value, path: &str) -> Result<BTreeMap<String, String>, FieldEr
 fn check_unknown(map: &Map<String, Value>, path: &str, known: &[&str]) -> Result<(), FieldErr> {
     for k in map.keys() {
         if !known.contains(&k.as_str()) {
-            let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+            let p = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
             return Err(ferr(&p, format!("unknown field {k:?}")));
         }
     }
@@ -111,17 +125,39 @@ fn check_unknown(map: &Map<String, Value>, path: &str, known: &[&str]) -> Result
 /// Convert one manifest document into an object and validate it.
 pub fn object_from_value(v: &Value) -> Result<Object, FieldErr> {
     let top = as_object(v, "(document)")?;
-    let kind = as_str(top.get("kind").ok_or_else(|| ferr("kind", "required field is missing"))?, "kind")?;
+    let kind = as_str(
+        top.get("kind")
+            .ok_or_else(|| ferr("kind", "required field is missing"))?,
+        "kind",
+    )?;
     let api_version = as_str(
-        top.get("apiVersion").ok_or_else(|| ferr("apiVersion", "required field is missing"))?,
+        top.get("apiVersion")
+            .ok_or_else(|| ferr("apiVersion", "required field is missing"))?,
         "apiVersion",
     )?;
-    let meta_v = top.get("metadata").ok_or_else(|| ferr("metadata", "required field is missing"))?;
+    let meta_v = top
+        .get("metadata")
+        .ok_or_else(|| ferr("metadata", "required field is missing"))?;
     let metadata = meta_from_value(meta_v)?;
     let body = match kind {
         "ConfigMap" => {
-            check_unknown(top, "", &["apiVersion", "kind", "metadata", "data", "binaryData", "immutable"])?;
-            let data = top.get("data").map(|d| string_map(d, "data")).transpose()?.unwrap_or_default();
+            check_unknown(
+                top,
+                "",
+                &[
+                    "apiVersion",
+                    "kind",
+                    "metadata",
+                    "data",
+                    "binaryData",
+                    "immutable",
+                ],
+            )?;
+            let data = top
+                .get("data")
+                .map(|d| string_map(d, "data"))
+                .transpose()?
+                .unwrap_or_default();
             let mut binary_data = BTreeMap::new();
             for (k, b64) in top
                 .get("binaryData")
@@ -131,19 +167,36 @@ pub fn object_from_value(v: &Value) -> Result<Object, FieldErr> {
             {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(b64.as_bytes())
-                    .map_err(|e| ferr(&format!("binaryData.{k}"), format!("not valid base64: {e}")))?;
+                    .map_err(|e| {
+                        ferr(&format!("binaryData.{k}"), format!("not valid base64: {e}"))
+                    })?;
                 binary_data.insert(k, bytes);
             }
             let immutable = match top.get("immutable") {
                 None | Some(Value::Null) => false,
                 Some(Value::Bool(b)) => *b,
-                Some(other) => return Err(ferr("immutable", format!("expected a boolean, got {}", type_name(other)))),
+                Some(other) => {
+                    return Err(ferr(
+                        "immutable",
+                        format!("expected a boolean, got {}", type_name(other)),
+                    ))
+                }
             };
-            Body::ConfigMap(ConfigMap { data, binary_data, immutable })
+            Body::ConfigMap(ConfigMap {
+                data,
+                binary_data,
+                immutable,
+            })
         }
         other => {
             let known: Vec<_> = validation::KINDS.iter().map(|(k, _, _)| *k).collect();
-            return Err(ferr("kind", format!("unsupported kind {other:?}; supported: {}", known.join(", "))));
+            return Err(ferr(
+                "kind",
+                format!(
+                    "unsupported kind {other:?}; supported: {}",
+                    known.join(", ")
+                ),
+            ));
         }
     };
     let mut obj = Object {
@@ -158,7 +211,11 @@ pub fn object_from_value(v: &Value) -> Result<Object, FieldErr> {
         }
     }
     validation::validate_object(&obj).map_err(|e| {
-        let msg = e.message.strip_prefix(&format!("{}: ", e.field)).unwrap_or(&e.message).to_string();
+        let msg = e
+            .message
+            .strip_prefix(&format!("{}: ", e.field))
+            .unwrap_or(&e.message)
+            .to_string();
         (e.field.clone(), msg)
     })?;
     Ok(obj)
@@ -183,9 +240,21 @@ fn meta_from_value(v: &Value) -> Result<ObjectMeta, FieldErr> {
             "finalizers",
         ],
     )?;
-    let name = as_str(m.get("name").ok_or_else(|| ferr("metadata.name", "required field is missing"))?, "metadata.name")?;
-    let namespace = m.get("namespace").map(|n| as_str(n, "metadata.namespace")).transpose()?.unwrap_or("");
-    let labels = m.get("labels").map(|l| string_map(l, "metadata.labels")).transpose()?.unwrap_or_default();
+    let name = as_str(
+        m.get("name")
+            .ok_or_else(|| ferr("metadata.name", "required field is missing"))?,
+        "metadata.name",
+    )?;
+    let namespace = m
+        .get("namespace")
+        .map(|n| as_str(n, "metadata.namespace"))
+        .transpose()?
+        .unwrap_or("");
+    let labels = m
+        .get("labels")
+        .map(|l| string_map(l, "metadata.labels"))
+        .transpose()?
+        .unwrap_or_default();
     let annotations = m
         .get("annotations")
         .map(|l| string_map(l, "metadata.annotations"))
@@ -193,26 +262,49 @@ fn meta_from_value(v: &Value) -> Result<ObjectMeta, FieldErr> {
         .unwrap_or_default();
     let mut finalizers = Vec::new();
     if let Some(f) = m.get("finalizers").filter(|f| !f.is_null()) {
-        let arr = f.as_array().ok_or_else(|| ferr("metadata.finalizers", "expected an array"))?;
+        let arr = f
+            .as_array()
+            .ok_or_else(|| ferr("metadata.finalizers", "expected an array"))?;
         for (i, s) in arr.iter().enumerate() {
             finalizers.push(as_str(s, &format!("metadata.finalizers[{i}]"))?.to_string());
         }
     }
     let mut owner_references = Vec::new();
     if let Some(o) = m.get("ownerReferences").filter(|f| !f.is_null()) {
-        let arr = o.as_array().ok_or_else(|| ferr("metadata.ownerReferences", "expected an array"))?;
+        let arr = o
+            .as_array()
+            .ok_or_else(|| ferr("metadata.ownerReferences", "expected an array"))?;
         for (i, r) in arr.iter().enumerate() {
             let p = format!("metadata.ownerReferences[{i}]");
             let r = as_object(r, &p)?;
-            check_unknown(r, &p, &["apiVersion", "kind", "name", "uid", "controller", "blockOwnerDeletion"])?;
+            check_unknown(
+                r,
+                &p,
+                &[
+                    "apiVersion",
+                    "kind",
+                    "name",
+                    "uid",
+                    "controller",
+                    "blockOwnerDeletion",
+                ],
+            )?;
             let s = |k: &str| -> Result<String, FieldErr> {
-                Ok(as_str(r.get(k).ok_or_else(|| ferr(&format!("{p}.{k}"), "required field is missing"))?, &format!("{p}.{k}"))?.to_string())
+                Ok(as_str(
+                    r.get(k)
+                        .ok_or_else(|| ferr(&format!("{p}.{k}"), "required field is missing"))?,
+                    &format!("{p}.{k}"),
+                )?
+                .to_string())
             };
             let b = |k: &str| -> Result<bool, FieldErr> {
                 match r.get(k) {
                     None | Some(Value::Null) => Ok(false),
                     Some(Value::Bool(b)) => Ok(*b),
-                    Some(o) => Err(ferr(&format!("{p}.{k}"), format!("expected a boolean, got {}", type_name(o)))),
+                    Some(o) => Err(ferr(
+                        &format!("{p}.{k}"),
+                        format!("expected a boolean, got {}", type_name(o)),
+                    )),
                 }
             };
             owner_references.push(OwnerReference {
@@ -251,9 +343,15 @@ pub fn object_to_value(obj: &Object) -> Value {
         meta.insert("namespace".into(), json!(m.namespace));
     }
     meta.insert("uid".into(), json!(m.uid));
-    meta.insert("resourceVersion".into(), json!(m.resource_version.to_string()));
+    meta.insert(
+        "resourceVersion".into(),
+        json!(m.resource_version.to_string()),
+    );
     meta.insert("generation".into(), json!(m.generation));
-    meta.insert("creationTimestamp".into(), json!(format_timestamp_ms(m.creation_timestamp_ms)));
+    meta.insert(
+        "creationTimestamp".into(),
+        json!(format_timestamp_ms(m.creation_timestamp_ms)),
+    );
     if let Some(d) = m.deletion_timestamp_ms {
         meta.insert("deletionTimestamp".into(), json!(format_timestamp_ms(d)));
     }
@@ -289,7 +387,12 @@ pub fn object_to_value(obj: &Object) -> Value {
             let b: BTreeMap<_, _> = cm
                 .binary_data
                 .iter()
-                .map(|(k, v)| (k.clone(), base64::engine::general_purpose::STANDARD.encode(v)))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        base64::engine::general_purpose::STANDARD.encode(v),
+                    )
+                })
                 .collect();
             top.insert("binaryData".into(), json!(b));
         }
@@ -321,14 +424,21 @@ mod tests {
         let e = parse_manifests("cm.yaml", bad).unwrap_err();
         assert_eq!(e.document, 1);
         assert_eq!(e.path, "metadata.name");
-        assert!(e.to_string().starts_with("cm.yaml: document 1: metadata.name: invalid value"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("cm.yaml: document 1: metadata.name: invalid value"),
+            "{e}"
+        );
 
         let unknown = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndatta: {}\n";
         assert_eq!(parse_manifests("u", unknown).unwrap_err().path, "datta");
         let wrong_type = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {k: [1]}\n";
         assert_eq!(parse_manifests("w", wrong_type).unwrap_err().path, "data.k");
         let missing = "apiVersion: v1\nkind: ConfigMap\nmetadata: {namespace: x}\n";
-        assert_eq!(parse_manifests("m", missing).unwrap_err().path, "metadata.name");
+        assert_eq!(
+            parse_manifests("m", missing).unwrap_err().path,
+            "metadata.name"
+        );
         assert!(parse_manifests("y", "a: [").is_err());
     }
 
@@ -340,10 +450,17 @@ mod tests {
         obj.meta_mut().creation_timestamp_ms = 1_700_000_000_000;
         let printed = object_to_value(&obj);
         assert_eq!(printed["metadata"]["resourceVersion"], "42");
-        assert_eq!(printed["metadata"]["creationTimestamp"], "2023-11-14T22:13:20Z");
+        assert_eq!(
+            printed["metadata"]["creationTimestamp"],
+            "2023-11-14T22:13:20Z"
+        );
         let back = object_from_value(&printed).unwrap();
         assert_eq!(back.body, obj.body);
         assert_eq!(back.meta().labels, obj.meta().labels);
-        assert_eq!(back.meta().resource_version, 0, "server-owned fields are ignored on input");
+        assert_eq!(
+            back.meta().resource_version,
+            0,
+            "server-owned fields are ignored on input"
+        );
     }
 }

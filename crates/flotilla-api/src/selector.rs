@@ -94,7 +94,8 @@ fn split_top_level(text: &str) -> Result<Vec<&str>, String> {
 }
 
 fn split_set_op<'a>(p: &'a str, op: &str) -> Option<(&'a str, &'a str)> {
-    p.find(op).map(|i| (p[..i].trim(), p[i + op.len()..].trim()))
+    p.find(op)
+        .map(|i| (p[..i].trim(), p[i + op.len()..].trim()))
 }
 
 fn check_key(k: &str) -> Result<String, ApiError> {
@@ -106,7 +107,12 @@ fn parse_set(s: &str) -> Result<Vec<String>, ApiError> {
     let inner = s
         .strip_prefix('(')
         .and_then(|s| s.strip_suffix(')'))
-        .ok_or_else(|| ApiError::invalid("labelSelector", format!("expected a parenthesised set, got {s:?}")))?;
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "labelSelector",
+                format!("expected a parenthesised set, got {s:?}"),
+            )
+        })?;
     Ok(inner
         .split(',')
         .map(|v| v.trim().to_string())
@@ -119,7 +125,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -129,7 +138,9 @@ mod tests {
         assert!(Selector::parse("app=web").unwrap().matches(&l));
         assert!(Selector::parse("app==web,tier").unwrap().matches(&l));
         assert!(!Selector::parse("app!=web").unwrap().matches(&l));
-        assert!(Selector::parse("tier in (front, back)").unwrap().matches(&l));
+        assert!(Selector::parse("tier in (front, back)")
+            .unwrap()
+            .matches(&l));
         assert!(!Selector::parse("tier notin (front)").unwrap().matches(&l));
         assert!(Selector::parse("!db").unwrap().matches(&l));
         assert!(!Selector::parse("db").unwrap().matches(&l));

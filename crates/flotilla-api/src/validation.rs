@@ -7,6 +7,16 @@ use crate::pb::api::{object::Body, Object};
 /// Kinds the store accepts today, with their apiVersion and whether they are namespaced.
 pub const KINDS: &[(&str, &str, bool)] = &[("ConfigMap", "v1", true)];
 
+/// The kind a CLI resource name means: `configmap`, `configmaps`, `cm`, `ConfigMap`.
+pub fn resolve_kind(name: &str) -> Option<&'static str> {
+    let n = name.to_ascii_lowercase();
+    let n = n.split('.').next().unwrap_or("");
+    match n {
+        "configmap" | "configmaps" | "cm" => Some("ConfigMap"),
+        _ => None,
+    }
+}
+
 pub fn kind_info(kind: &str) -> Option<(&'static str, bool)> {
     KINDS
         .iter()
@@ -21,7 +31,10 @@ pub fn check_dns1123_subdomain(field: &str, value: &str) -> Result<(), ApiError>
         return Err(ApiError::invalid(field, "must not be empty"));
     }
     if value.len() > 253 {
-        return Err(ApiError::invalid(field, format!("must be no more than 253 characters, got {}", value.len())));
+        return Err(ApiError::invalid(
+            field,
+            format!("must be no more than 253 characters, got {}", value.len()),
+        ));
     }
     for label in value.split('.') {
         check_dns1123_label_chars(field, value, label)?;
@@ -35,7 +48,10 @@ pub fn check_dns1123_label(field: &str, value: &str) -> Result<(), ApiError> {
         return Err(ApiError::invalid(field, "must not be empty"));
     }
     if value.len() > 63 {
-        return Err(ApiError::invalid(field, format!("must be no more than 63 characters, got {}", value.len())));
+        return Err(ApiError::invalid(
+            field,
+            format!("must be no more than 63 characters, got {}", value.len()),
+        ));
     }
     check_dns1123_label_chars(field, value, value)
 }
@@ -121,13 +137,20 @@ pub fn validate_object(obj: &Object) -> Result<(), ApiError> {
         let known: Vec<_> = KINDS.iter().map(|(k, _, _)| *k).collect();
         return Err(ApiError::invalid(
             "kind",
-            format!("unsupported kind {:?}; supported: {}", obj.kind, known.join(", ")),
+            format!(
+                "unsupported kind {:?}; supported: {}",
+                obj.kind,
+                known.join(", ")
+            ),
         ));
     };
     if obj.api_version != api_version {
         return Err(ApiError::invalid(
             "apiVersion",
-            format!("{} is served as apiVersion {api_version:?}, got {:?}", obj.kind, obj.api_version),
+            format!(
+                "{} is served as apiVersion {api_version:?}, got {:?}",
+                obj.kind, obj.api_version
+            ),
         ));
     }
     let Some(meta) = obj.metadata.as_ref() else {
@@ -137,7 +160,10 @@ pub fn validate_object(obj: &Object) -> Result<(), ApiError> {
     if namespaced {
         check_dns1123_label("metadata.namespace", &meta.namespace)?;
     } else if !meta.namespace.is_empty() {
-        return Err(ApiError::invalid("metadata.namespace", format!("{} is not namespaced", obj.kind)));
+        return Err(ApiError::invalid(
+            "metadata.namespace",
+            format!("{} is not namespaced", obj.kind),
+        ));
     }
     for (k, v) in &meta.labels {
         check_label_key(&format!("metadata.labels[{k}]"), k)?;
@@ -154,11 +180,19 @@ pub fn validate_object(obj: &Object) -> Result<(), ApiError> {
             for k in cm.binary_data.keys() {
                 check_config_key(&format!("binaryData[{k}]"), k)?;
                 if cm.data.contains_key(k) {
-                    return Err(ApiError::invalid(format!("binaryData[{k}]"), "duplicate of a key in data"));
+                    return Err(ApiError::invalid(
+                        format!("binaryData[{k}]"),
+                        "duplicate of a key in data",
+                    ));
                 }
             }
         }
-        None => return Err(ApiError::invalid("kind", format!("{} object carries no {} body", obj.kind, obj.kind))),
+        None => {
+            return Err(ApiError::invalid(
+                "kind",
+                format!("{} object carries no {} body", obj.kind, obj.kind),
+            ))
+        }
     }
     Ok(())
 }
@@ -176,7 +210,12 @@ mod tests {
         assert!(check_dns1123_subdomain("n", &"a".repeat(254)).is_err());
         assert!(check_dns1123_label("ns", "a.b").is_err());
         let e = check_dns1123_subdomain("metadata.name", "Bad_Name").unwrap_err();
-        assert!(e.message.starts_with("metadata.name: invalid value \"Bad_Name\""), "{}", e.message);
+        assert!(
+            e.message
+                .starts_with("metadata.name: invalid value \"Bad_Name\""),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

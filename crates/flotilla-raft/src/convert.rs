@@ -70,16 +70,23 @@ pub fn membership_to_pb(m: &Membership) -> pb::Membership {
         configs: m
             .get_joint_config()
             .iter()
-            .map(|c| pb::NodeIdSet { ids: c.iter().copied().collect() })
+            .map(|c| pb::NodeIdSet {
+                ids: c.iter().copied().collect(),
+            })
             .collect(),
         nodes: m.nodes().map(|(id, n)| (*id, n.clone())).collect(),
     }
 }
 
 pub fn membership_from_pb(m: &pb::Membership) -> Result<Membership, ConvertError> {
-    let configs: Vec<BTreeSet<u64>> = m.configs.iter().map(|c| c.ids.iter().copied().collect()).collect();
+    let configs: Vec<BTreeSet<u64>> = m
+        .configs
+        .iter()
+        .map(|c| c.ids.iter().copied().collect())
+        .collect();
     let nodes: BTreeMap<u64, pb::RaftNode> = m.nodes.clone();
-    Membership::new(configs, nodes).map_err(|_| missing("Membership", "nodes (a voter has no node entry)"))
+    Membership::new(configs, nodes)
+        .map_err(|_| missing("Membership", "nodes (a voter has no node entry)"))
 }
 
 pub fn stored_membership_to_pb(m: &StoredMembership) -> pb::StoredMembership {
@@ -89,7 +96,9 @@ pub fn stored_membership_to_pb(m: &StoredMembership) -> pb::StoredMembership {
     }
 }
 
-pub fn stored_membership_from_pb(m: Option<&pb::StoredMembership>) -> Result<StoredMembership, ConvertError> {
+pub fn stored_membership_from_pb(
+    m: Option<&pb::StoredMembership>,
+) -> Result<StoredMembership, ConvertError> {
     let Some(m) = m else {
         return Ok(StoredMembership::default());
     };
@@ -97,7 +106,10 @@ pub fn stored_membership_from_pb(m: Option<&pb::StoredMembership>) -> Result<Sto
         Some(x) => membership_from_pb(x)?,
         None => Membership::default(),
     };
-    Ok(StoredMembership::new(opt_log_id_from_pb(m.log_id.as_ref())?, membership))
+    Ok(StoredMembership::new(
+        opt_log_id_from_pb(m.log_id.as_ref())?,
+        membership,
+    ))
 }
 
 pub fn entry_to_pb(e: &Entry) -> pb::Entry {
@@ -143,7 +155,14 @@ mod tests {
 
     #[test]
     fn entries_round_trip() {
-        let nodes: BTreeMap<u64, pb::RaftNode> = [(1, pb::RaftNode { raft_address: "a".into(), api_address: "b".into() })].into();
+        let nodes: BTreeMap<u64, pb::RaftNode> = [(
+            1,
+            pb::RaftNode {
+                raft_address: "a".into(),
+                api_address: "b".into(),
+            },
+        )]
+        .into();
         let m = Membership::new(vec![[1].into()], nodes).unwrap();
         let lid = LogId::new(LeaderId::new(3, 1), 7);
         for payload in [
@@ -154,7 +173,10 @@ mod tests {
                 writes: vec![api::Write::default()],
             }),
         ] {
-            let e = Entry { log_id: lid, payload };
+            let e = Entry {
+                log_id: lid,
+                payload,
+            };
             let back = entry_from_pb(entry_to_pb(&e)).unwrap();
             assert_eq!(format!("{e:?}"), format!("{back:?}"));
         }

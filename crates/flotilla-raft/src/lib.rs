@@ -58,7 +58,9 @@ impl From<StoreError> for std::io::Error {
 /// Open (or create) a redb file, turning redb's errors into ones that name the file.
 pub(crate) fn open_db(path: &std::path::Path) -> Result<redb::Database, StoreError> {
     redb::Database::create(path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::io(path, "already open by another process"),
+        redb::DatabaseError::DatabaseAlreadyOpen => {
+            StoreError::io(path, "already open by another process")
+        }
         other => StoreError::corrupt(path, other),
     })
 }

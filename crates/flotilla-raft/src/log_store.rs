@@ -43,9 +43,14 @@ impl LogStore {
         let db = crate::open_db(path)?;
         let txn = db.begin_write().map_err(|e| StoreError::io(path, e))?;
         {
-            let mut meta = txn.open_table(META).map_err(|e| StoreError::corrupt(path, e))?;
-            txn.open_table(LOG).map_err(|e| StoreError::corrupt(path, e))?;
-            let found = meta.get(KEY_IDENTITY).map_err(|e| StoreError::corrupt(path, e))?;
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|e| StoreError::corrupt(path, e))?;
+            txn.open_table(LOG)
+                .map_err(|e| StoreError::corrupt(path, e))?;
+            let found = meta
+                .get(KEY_IDENTITY)
+                .map_err(|e| StoreError::corrupt(path, e))?;
             match found {
                 Some(v) => {
                     let id = pb::DataDirIdentity::decode(v.value())
@@ -88,7 +93,10 @@ impl LogStore {
             let (k, v) = item.map_err(|e| other(&self.path, e))?;
             let e = decode_entry(&self.path, v.value())?;
             if e.log_id.index != k.value() {
-                return Err(other(&self.path, format!("entry at key {} claims index {}", k.value(), e.log_id.index)));
+                return Err(other(
+                    &self.path,
+                    format!("entry at key {} claims index {}", k.value(), e.log_id.index),
+                ));
             }
         }
         Ok(())
@@ -107,7 +115,9 @@ impl LogStore {
 
     /// Run a write transaction on a blocking thread and commit it durably.
     async fn write<F>(&self, f: F) -> io::Result<()>
-    where F: FnOnce(&redb::WriteTransaction) -> Result<(), String> + Send + 'static {
+    where
+        F: FnOnce(&redb::WriteTransaction) -> Result<(), String> + Send + 'static,
+    {
         let db = self.db.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
@@ -144,7 +154,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let txn = self.db.begin_read().map_err(|e| other(&self.path, e))?;
         let t = txn.open_table(LOG).map_err(|e| other(&self.path, e))?;
         let mut out = Vec::new();
-        for item in t.range::<u64>(to_bounds(&range)).map_err(|e| other(&self.path, e))? {
+        for item in t
+            .range::<u64>(to_bounds(&range))
+            .map_err(|e| other(&self.path, e))?
+        {
             let (_, v) = item.map_err(|e| other(&self.path, e))?;
             out.push(decode_entry(&self.path, v.value())?);
         }
@@ -154,7 +167,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
         match self.read_meta::<pb::Vote>(KEY_VOTE)? {
             None => Ok(None),
-            Some(v) => convert::vote_from_pb(Some(&v)).map(Some).map_err(|e| other(&self.path, e)),
+            Some(v) => convert::vote_from_pb(Some(&v))
+                .map(Some)
+                .map_err(|e| other(&self.path, e)),
         }
     }
 }
@@ -187,13 +202,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = convert::vote_to_pb(vote).encode_to_vec();
         self.write(move |txn| {
             let mut t = txn.open_table(META).map_err(|e| e.to_string())?;
-            t.insert(KEY_VOTE, bytes.as_slice()).map_err(|e| e.to_string())?;
+            t.insert(KEY_VOTE, bytes.as_slice())
+                .map_err(|e| e.to_string())?;
             Ok(())
         })
         .await
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -227,7 +247,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
         self.write(move |txn| {
             let mut t = txn.open_table(LOG).map_err(|e| e.to_string())?;
-            t.retain_in(from.., |_, _| false).map_err(|e| e.to_string())?;
+            t.retain_in(from.., |_, _| false)
+                .map_err(|e| e.to_string())?;
             Ok(())
         })
         .await
@@ -238,9 +259,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let upto = log_id.index;
         self.write(move |txn| {
             let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
-            meta.insert(KEY_PURGED, bytes.as_slice()).map_err(|e| e.to_string())?;
+            meta.insert(KEY_PURGED, bytes.as_slice())
+                .map_err(|e| e.to_string())?;
             let mut t = txn.open_table(LOG).map_err(|e| e.to_string())?;
-            t.retain_in(..=upto, |_, _| false).map_err(|e| e.to_string())?;
+            t.retain_in(..=upto, |_, _| false)
+                .map_err(|e| e.to_string())?;
             Ok(())
         })
         .await

@@ -8,7 +8,9 @@ use flotilla_api::pb::raft as pb;
 use flotilla_api::pb::raft::raft_service_client::RaftServiceClient;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use openraft::{OptionalSend, RaftNetworkV2};
 use tonic::transport::{Channel, Endpoint};
 
@@ -69,7 +71,9 @@ fn network(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
 fn status_error(target: u64, s: tonic::Status) -> RPCError<TypeConfig> {
     let msg = format!("raft rpc to server {target}: {}: {}", s.code(), s.message());
     match s.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => unreachable(msg),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            unreachable(msg)
+        }
         _ => network(msg),
     }
 }
@@ -87,10 +91,7 @@ impl Peer {
                     .max_encoding_message_size(config.max_message_bytes)
             })
             .map_err(|e| format!("server {target} has an invalid raft address {addr:?}: {e}"));
-        Peer {
-            target,
-            client,
-        }
+        Peer { target, client }
     }
 
     fn client(&self) -> Result<RaftServiceClient<Channel>, RPCError<TypeConfig>> {
@@ -103,7 +104,12 @@ impl Peer {
         r
     }
 
-    async fn vote_rpc(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption, pre: bool) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn vote_rpc(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+        pre: bool,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let req = pb::VoteRequest {
             vote: Some(convert::vote_to_pb(&rpc.vote)),
             last_log_id: rpc.last_log_id.as_ref().map(convert::log_id_to_pb),
@@ -111,9 +117,13 @@ impl Peer {
         };
         let mut c = self.client()?;
         let req = Self::request(req, &option);
-        let resp = if pre { c.pre_vote(req).await } else { c.vote(req).await }
-            .map_err(|s| status_error(self.target, s))?
-            .into_inner();
+        let resp = if pre {
+            c.pre_vote(req).await
+        } else {
+            c.vote(req).await
+        }
+        .map_err(|s| status_error(self.target, s))?
+        .into_inner();
         let vote = convert::vote_from_pb(resp.vote.as_ref()).map_err(network)?;
         let last = convert::opt_log_id_from_pb(resp.last_log_id.as_ref()).map_err(network)?;
         Ok(VoteResponse::new(vote, last, resp.vote_granted))
@@ -141,7 +151,9 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             .map_err(|s| status_error(self.target, s))?
             .into_inner();
         if let Some(v) = resp.rejected_by.as_ref() {
-            return Ok(AppendEntriesResponse::HigherVote(convert::vote_from_pb(Some(v)).map_err(network)?));
+            return Ok(AppendEntriesResponse::HigherVote(
+                convert::vote_from_pb(Some(v)).map_err(network)?,
+            ));
         }
         if resp.conflict {
             return Ok(AppendEntriesResponse::Conflict);
@@ -153,11 +165,19 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         Ok(AppendEntriesResponse::Success)
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.vote_rpc(rpc, option, false).await
     }
 
-    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.vote_rpc(rpc, option, true).await
     }
 
@@ -168,7 +188,10 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let chunk = option.snapshot_chunk_size().unwrap_or(1024 * 1024).max(64 * 1024);
+        let chunk = option
+            .snapshot_chunk_size()
+            .unwrap_or(1024 * 1024)
+            .max(64 * 1024);
         let header = pb::SnapshotChunk {
             payload: Some(pb::snapshot_chunk::Payload::Header(pb::SnapshotHeader {
                 vote: Some(convert::vote_to_pb(&vote)),
@@ -177,9 +200,13 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             })),
         };
         let data = snapshot.snapshot;
-        let chunks = (0..data.len()).step_by(chunk).map(move |start| pb::SnapshotChunk {
-            payload: Some(pb::snapshot_chunk::Payload::Data(data[start..(start + chunk).min(data.len())].to_vec())),
-        });
+        let chunks = (0..data.len())
+            .step_by(chunk)
+            .map(move |start| pb::SnapshotChunk {
+                payload: Some(pb::snapshot_chunk::Payload::Data(
+                    data[start..(start + chunk).min(data.len())].to_vec(),
+                )),
+            });
         let stream = futures::stream::iter(std::iter::once(header).chain(chunks));
         let mut client = self.client().map_err(|e| match e {
             RPCError::Unreachable(u) => StreamingError::Unreachable(u),
@@ -194,7 +221,8 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             })?,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
-        let v = convert::vote_from_pb(resp.into_inner().vote.as_ref()).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let v = convert::vote_from_pb(resp.into_inner().vote.as_ref())
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         Ok(SnapshotResponse { vote: v })
     }
 }

@@ -17,7 +17,10 @@ pub struct RaftGrpc {
 
 impl RaftGrpc {
     pub fn new(raft: Raft, max_snapshot_bytes: u64) -> Self {
-        RaftGrpc { raft, max_snapshot_bytes }
+        RaftGrpc {
+            raft,
+            max_snapshot_bytes,
+        }
     }
 }
 
@@ -43,27 +46,53 @@ fn vote_response(r: openraft::raft::VoteResponse<crate::TypeConfig>) -> pb::Vote
 
 #[tonic::async_trait]
 impl RaftService for RaftGrpc {
-    async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+    async fn vote(
+        &self,
+        request: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::VoteResponse>, Status> {
         let req = vote_request(request.into_inner())?;
-        let r = self.raft.vote(req).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let r = self
+            .raft
+            .vote(req)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(vote_response(r)))
     }
 
-    async fn pre_vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+    async fn pre_vote(
+        &self,
+        request: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::VoteResponse>, Status> {
         let req = vote_request(request.into_inner())?;
-        let r = self.raft.pre_vote(req).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let r = self
+            .raft
+            .pre_vote(req)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(vote_response(r)))
     }
 
-    async fn append_entries(&self, request: Request<pb::AppendEntriesRequest>) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let r = request.into_inner();
         let req = AppendEntriesRequest {
             vote: convert::vote_from_pb(r.vote.as_ref()).map_err(bad)?,
             prev_log_id: convert::opt_log_id_from_pb(r.prev_log_id.as_ref()).map_err(bad)?,
-            entries: r.entries.into_iter().map(convert::entry_from_pb).collect::<Result<_, _>>().map_err(bad)?,
+            entries: r
+                .entries
+                .into_iter()
+                .map(convert::entry_from_pb)
+                .collect::<Result<_, _>>()
+                .map_err(bad)?,
             leader_commit: convert::opt_log_id_from_pb(r.leader_commit.as_ref()).map_err(bad)?,
         };
-        let resp = self.raft.append_entries(req).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let resp = self
+            .raft
+            .append_entries(req)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let mut out = pb::AppendEntriesResponse::default();
         match resp {
             AppendEntriesResponse::Success => {}
@@ -77,14 +106,19 @@ impl RaftService for RaftGrpc {
         Ok(Response::new(out))
     }
 
-    async fn install_snapshot(&self, request: Request<Streaming<pb::SnapshotChunk>>) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
         let mut stream = request.into_inner();
         let first = stream
             .next()
             .await
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let Some(pb::snapshot_chunk::Payload::Header(h)) = first.payload else {
-            return Err(Status::invalid_argument("the first snapshot chunk must be the header"));
+            return Err(Status::invalid_argument(
+                "the first snapshot chunk must be the header",
+            ));
         };
         if h.total_bytes > self.max_snapshot_bytes {
             return Err(Status::resource_exhausted(format!(
@@ -93,18 +127,28 @@ impl RaftService for RaftGrpc {
             )));
         }
         let vote = convert::vote_from_pb(h.vote.as_ref()).map_err(bad)?;
-        let meta = convert::snapshot_meta_from_pb(h.meta.as_ref().ok_or_else(|| Status::invalid_argument("snapshot header has no meta"))?)
-            .map_err(bad)?;
+        let meta = convert::snapshot_meta_from_pb(
+            h.meta
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument("snapshot header has no meta"))?,
+        )
+        .map_err(bad)?;
         let mut data = Vec::with_capacity(h.total_bytes as usize);
         while let Some(chunk) = stream.next().await {
             match chunk?.payload {
                 Some(pb::snapshot_chunk::Payload::Data(d)) => {
                     if data.len() as u64 + d.len() as u64 > h.total_bytes {
-                        return Err(Status::invalid_argument("snapshot stream is longer than its header says"));
+                        return Err(Status::invalid_argument(
+                            "snapshot stream is longer than its header says",
+                        ));
                     }
                     data.extend_from_slice(&d);
                 }
-                _ => return Err(Status::invalid_argument("a snapshot chunk after the header must carry data")),
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "a snapshot chunk after the header must carry data",
+                    ))
+                }
             }
         }
         if data.len() as u64 != h.total_bytes {
@@ -116,7 +160,13 @@ impl RaftService for RaftGrpc {
         }
         let resp = self
             .raft
-            .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
+            .install_full_snapshot(
+                vote,
+                Snapshot {
+                    meta,
+                    snapshot: data,
+                },
+            )
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(pb::InstallSnapshotResponse {

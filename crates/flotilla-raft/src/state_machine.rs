@@ -130,13 +130,19 @@ impl ObjectTable for RedbObjects<'_, '_> {
 
 impl StateMachine {
     /// Open (or create) the state file and load the last snapshot, if any.
-    pub fn open(path: &Path, snapshot_path: &Path, config: StateMachineConfig) -> Result<StateMachine, StoreError> {
+    pub fn open(
+        path: &Path,
+        snapshot_path: &Path,
+        config: StateMachineConfig,
+    ) -> Result<StateMachine, StoreError> {
         let db = crate::open_db(path)?;
         let txn = db.begin_write().map_err(|e| StoreError::io(path, e))?;
         for t in [OBJECTS, META] {
-            txn.open_table(t).map_err(|e| StoreError::corrupt(path, e))?;
+            txn.open_table(t)
+                .map_err(|e| StoreError::corrupt(path, e))?;
         }
-        txn.open_table(EVENTS).map_err(|e| StoreError::corrupt(path, e))?;
+        txn.open_table(EVENTS)
+            .map_err(|e| StoreError::corrupt(path, e))?;
         txn.commit().map_err(|e| StoreError::io(path, e))?;
 
         let current_snapshot = match std::fs::read(snapshot_path) {
@@ -147,7 +153,10 @@ impl StateMachine {
                     .meta
                     .as_ref()
                     .ok_or_else(|| StoreError::corrupt(snapshot_path, "no meta"))
-                    .and_then(|m| convert::snapshot_meta_from_pb(m).map_err(|e| StoreError::corrupt(snapshot_path, e)))?;
+                    .and_then(|m| {
+                        convert::snapshot_meta_from_pb(m)
+                            .map_err(|e| StoreError::corrupt(snapshot_path, e))
+                    })?;
                 Some((meta, Arc::new(stored.data)))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -167,13 +176,19 @@ impl StateMachine {
                 current_snapshot: Mutex::new(current_snapshot),
             }),
         };
-        let (applied, _) = sm.read_applied_state().map_err(|e| StoreError::corrupt(path, e))?;
-        sm.inner.applied_tx.send_replace(applied.map(|l| l.index).unwrap_or(0));
+        let (applied, _) = sm
+            .read_applied_state()
+            .map_err(|e| StoreError::corrupt(path, e))?;
+        sm.inner
+            .applied_tx
+            .send_replace(applied.map(|l| l.index).unwrap_or(0));
         Ok(sm)
     }
 
     pub fn reader(&self) -> StoreReader {
-        StoreReader { inner: self.inner.clone() }
+        StoreReader {
+            inner: self.inner.clone(),
+        }
     }
 
     fn read_applied_state(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
@@ -181,20 +196,29 @@ impl StateMachine {
         let txn = self.inner.db.begin_read().map_err(|e| err(p, e))?;
         let meta = txn.open_table(META).map_err(|e| err(p, e))?;
         let applied = match meta.get(KEY_APPLIED).map_err(|e| err(p, e))? {
-            Some(v) => Some(convert::log_id_from_pb(&decode::<pb::LogId>(p, "last_applied", v.value())?).map_err(|e| err(p, e))?),
+            Some(v) => Some(
+                convert::log_id_from_pb(&decode::<pb::LogId>(p, "last_applied", v.value())?)
+                    .map_err(|e| err(p, e))?,
+            ),
             None => None,
         };
-        let membership = match meta.get(KEY_MEMBERSHIP).map_err(|e| err(p, e))? {
-            Some(v) => convert::stored_membership_from_pb(Some(&decode::<pb::StoredMembership>(p, "membership", v.value())?))
+        let membership =
+            match meta.get(KEY_MEMBERSHIP).map_err(|e| err(p, e))? {
+                Some(v) => convert::stored_membership_from_pb(Some(
+                    &decode::<pb::StoredMembership>(p, "membership", v.value())?,
+                ))
                 .map_err(|e| err(p, e))?,
-            None => StoredMembership::default(),
-        };
+                None => StoredMembership::default(),
+            };
         Ok((applied, membership))
     }
 
     /// Apply committed entries in one durable transaction; returns per entry its revision, the
     /// command result (normal entries) and its events.
-    fn apply_blocking(inner: &Inner, entries: Vec<crate::types::Entry>) -> io::Result<Vec<(u64, Option<pb::CommandResult>, Vec<WatchEvent>)>> {
+    fn apply_blocking(
+        inner: &Inner,
+        entries: Vec<crate::types::Entry>,
+    ) -> io::Result<Vec<(u64, Option<pb::CommandResult>, Vec<WatchEvent>)>> {
         let p = inner.path.as_path();
         let mut out = Vec::with_capacity(entries.len());
         let txn = inner.db.begin_write().map_err(|e| err(p, e))?;
@@ -207,19 +231,33 @@ impl StateMachine {
                 let index = entry.log_id.index;
                 match &entry.payload {
                     EntryPayload::Normal(cmd) => {
-                        let mut t = RedbObjects { table: &mut objects, path: p };
+                        let mut t = RedbObjects {
+                            table: &mut objects,
+                            path: p,
+                        };
                         let applied = apply_command(&mut t, index, cmd)?;
                         for (seq, ev) in applied.events.iter().enumerate() {
                             events
                                 .insert((index, seq as u32), ev.encode_to_vec().as_slice())
                                 .map_err(|e| err(p, e))?;
                         }
-                        out.push((index, Some(pb::CommandResult { results: applied.results }), applied.events));
+                        out.push((
+                            index,
+                            Some(pb::CommandResult {
+                                results: applied.results,
+                            }),
+                            applied.events,
+                        ));
                     }
                     EntryPayload::Membership(m) => {
                         let sm = StoredMembership::new(Some(entry.log_id), m.clone());
-                        meta.insert(KEY_MEMBERSHIP, convert::stored_membership_to_pb(&sm).encode_to_vec().as_slice())
-                            .map_err(|e| err(p, e))?;
+                        meta.insert(
+                            KEY_MEMBERSHIP,
+                            convert::stored_membership_to_pb(&sm)
+                                .encode_to_vec()
+                                .as_slice(),
+                        )
+                        .map_err(|e| err(p, e))?;
                         out.push((index, None, Vec::new()));
                     }
                     EntryPayload::Blank => out.push((index, None, Vec::new())),
@@ -227,15 +265,19 @@ impl StateMachine {
                 last = Some(entry.log_id);
             }
             if let Some(last) = last {
-                meta.insert(KEY_APPLIED, convert::log_id_to_pb(&last).encode_to_vec().as_slice())
-                    .map_err(|e| err(p, e))?;
+                meta.insert(
+                    KEY_APPLIED,
+                    convert::log_id_to_pb(&last).encode_to_vec().as_slice(),
+                )
+                .map_err(|e| err(p, e))?;
                 let compact = read_compact(&meta, p)?;
                 let cutoff = last.index.saturating_sub(inner.config.history_revisions);
                 if cutoff > compact {
                     events
                         .retain_in((0u64, 0u32)..=(cutoff, u32::MAX), |_, _| false)
                         .map_err(|e| err(p, e))?;
-                    meta.insert(KEY_COMPACT, cutoff.to_le_bytes().as_slice()).map_err(|e| err(p, e))?;
+                    meta.insert(KEY_COMPACT, cutoff.to_le_bytes().as_slice())
+                        .map_err(|e| err(p, e))?;
                 }
             }
         }
@@ -269,10 +311,15 @@ impl StateMachine {
         }
         .encode_to_vec();
         let meta = SnapshotMeta {
-            last_log_id: convert::opt_log_id_from_pb(last_applied.as_ref()).map_err(|e| err(p, e))?,
-            last_membership: convert::stored_membership_from_pb(membership.as_ref()).map_err(|e| err(p, e))?,
+            last_log_id: convert::opt_log_id_from_pb(last_applied.as_ref())
+                .map_err(|e| err(p, e))?,
+            last_membership: convert::stored_membership_from_pb(membership.as_ref())
+                .map_err(|e| err(p, e))?,
         };
-        Ok(Snapshot { meta, snapshot: data })
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
     }
 
     /// Write the snapshot file atomically (temp file, fsync, rename, fsync directory).
@@ -285,11 +332,14 @@ impl StateMachine {
             data: data.to_vec(),
         };
         let mut f = std::fs::File::create(&tmp).map_err(|e| err(&tmp, e))?;
-        f.write_all(&stored.encode_to_vec()).map_err(|e| err(&tmp, e))?;
+        f.write_all(&stored.encode_to_vec())
+            .map_err(|e| err(&tmp, e))?;
         f.sync_all().map_err(|e| err(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| err(path, e))?;
         if let Some(dir) = path.parent() {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| err(dir, e))?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| err(dir, e))?;
         }
         Ok(())
     }
@@ -304,19 +354,30 @@ impl StateMachine {
             objects.retain(|_, _| false).map_err(|e| err(p, e))?;
             for o in &snap.objects {
                 let k = keys::object_key(&o.key());
-                objects.insert(k.as_str(), o.encode_to_vec().as_slice()).map_err(|e| err(p, e))?;
+                objects
+                    .insert(k.as_str(), o.encode_to_vec().as_slice())
+                    .map_err(|e| err(p, e))?;
             }
             let mut events = txn.open_table(EVENTS).map_err(|e| err(p, e))?;
             events.retain(|_, _| false).map_err(|e| err(p, e))?;
             let mut m = txn.open_table(META).map_err(|e| err(p, e))?;
             match &meta.last_log_id {
-                Some(l) => m.insert(KEY_APPLIED, convert::log_id_to_pb(l).encode_to_vec().as_slice()),
+                Some(l) => m.insert(
+                    KEY_APPLIED,
+                    convert::log_id_to_pb(l).encode_to_vec().as_slice(),
+                ),
                 None => m.remove(KEY_APPLIED),
             }
             .map_err(|e| err(p, e))?;
-            m.insert(KEY_MEMBERSHIP, convert::stored_membership_to_pb(&meta.last_membership).encode_to_vec().as_slice())
+            m.insert(
+                KEY_MEMBERSHIP,
+                convert::stored_membership_to_pb(&meta.last_membership)
+                    .encode_to_vec()
+                    .as_slice(),
+            )
+            .map_err(|e| err(p, e))?;
+            m.insert(KEY_COMPACT, revision.to_le_bytes().as_slice())
                 .map_err(|e| err(p, e))?;
-            m.insert(KEY_COMPACT, revision.to_le_bytes().as_slice()).map_err(|e| err(p, e))?;
         }
         txn.commit().map_err(|e| err(p, e))?;
         Self::persist_snapshot(inner, meta, data)?;
@@ -324,18 +385,28 @@ impl StateMachine {
     }
 }
 
-fn read_compact(meta: &impl ReadableTable<&'static str, &'static [u8]>, p: &Path) -> io::Result<u64> {
+fn read_compact(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    p: &Path,
+) -> io::Result<u64> {
     Ok(match meta.get(KEY_COMPACT).map_err(|e| err(p, e))? {
         Some(v) => {
-            let b: [u8; 8] = v.value().try_into().map_err(|_| err(p, "compact_revision is not 8 bytes"))?;
+            let b: [u8; 8] = v
+                .value()
+                .try_into()
+                .map_err(|_| err(p, "compact_revision is not 8 bytes"))?;
             u64::from_le_bytes(b)
         }
         None => 0,
     })
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -364,7 +435,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
-    where Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend {
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
         let mut batch = Vec::new();
         let mut responders = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
@@ -398,13 +471,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
         let inner = self.inner.clone();
         let m = meta.clone();
         let data = Arc::new(snapshot);
         let d = data.clone();
         let revision = blocking(move || Self::install_blocking(&inner, &m, &d)).await?;
-        *self.inner.current_snapshot.lock().map_err(|_| io::Error::other("snapshot lock poisoned"))? = Some((meta.clone(), data));
+        *self
+            .inner
+            .current_snapshot
+            .lock()
+            .map_err(|_| io::Error::other("snapshot lock poisoned"))? = Some((meta.clone(), data));
         tracing::info!(revision, "installed snapshot");
         let _ = self.inner.events_tx.send(Arc::new(AppliedBatch {
             revision,
@@ -416,7 +497,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let guard = self.inner.current_snapshot.lock().map_err(|_| io::Error::other("snapshot lock poisoned"))?;
+        let guard = self
+            .inner
+            .current_snapshot
+            .lock()
+            .map_err(|_| io::Error::other("snapshot lock poisoned"))?;
         Ok(guard.as_ref().map(|(meta, data)| Snapshot {
             meta: meta.clone(),
             snapshot: data.as_ref().clone(),
@@ -459,7 +544,10 @@ impl StoreReader {
         self.inner.events_tx.receiver_count()
     }
 
-    fn applied_in(&self, meta: &impl ReadableTable<&'static str, &'static [u8]>) -> io::Result<u64> {
+    fn applied_in(
+        &self,
+        meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    ) -> io::Result<u64> {
         let p = &self.inner.path;
         Ok(match meta.get(KEY_APPLIED).map_err(|e| err(p, e))? {
             Some(v) => decode::<pb::LogId>(p, "last_applied", v.value())?.index,
@@ -473,7 +561,10 @@ impl StoreReader {
         let txn = self.inner.db.begin_read().map_err(|e| err(p, e))?;
         let revision = self.applied_in(&txn.open_table(META).map_err(|e| err(p, e))?)?;
         let t = txn.open_table(OBJECTS).map_err(|e| err(p, e))?;
-        let obj = match t.get(keys::object_key(key).as_str()).map_err(|e| err(p, e))? {
+        let obj = match t
+            .get(keys::object_key(key).as_str())
+            .map_err(|e| err(p, e))?
+        {
             Some(v) => Some(decode(p, "object", v.value())?),
             None => None,
         };
@@ -482,7 +573,14 @@ impl StoreReader {
 
     /// Objects of `kind` (in `namespace`, or all when empty) matching `selector`, in key order,
     /// starting after `after_key`, at most `limit`.
-    pub fn list(&self, kind: &str, namespace: &str, selector: &Selector, limit: usize, after_key: Option<&str>) -> io::Result<ListPage> {
+    pub fn list(
+        &self,
+        kind: &str,
+        namespace: &str,
+        selector: &Selector,
+        limit: usize,
+        after_key: Option<&str>,
+    ) -> io::Result<ListPage> {
         let p = &self.inner.path;
         let txn = self.inner.db.begin_read().map_err(|e| err(p, e))?;
         let revision = self.applied_in(&txn.open_table(META).map_err(|e| err(p, e))?)?;
@@ -494,7 +592,10 @@ impl StoreReader {
         };
         let mut items = Vec::new();
         let mut next_key = None;
-        for item in t.range::<&str>((start, Bound::Unbounded)).map_err(|e| err(p, e))? {
+        for item in t
+            .range::<&str>((start, Bound::Unbounded))
+            .map_err(|e| err(p, e))?
+        {
             let (k, v) = item.map_err(|e| err(p, e))?;
             if !k.value().starts_with(&prefix) {
                 break;
@@ -509,18 +610,29 @@ impl StoreReader {
                 items.push(o);
             }
         }
-        Ok(ListPage { items, revision, next_key })
+        Ok(ListPage {
+            items,
+            revision,
+            next_key,
+        })
     }
 
     /// Events with a revision greater than `after`, whole revisions only, about `max_events`.
-    pub fn history_after(&self, after: u64, max_events: usize) -> Result<HistoryPage, HistoryError> {
+    pub fn history_after(
+        &self,
+        after: u64,
+        max_events: usize,
+    ) -> Result<HistoryPage, HistoryError> {
         let p = &self.inner.path;
         let txn = self.inner.db.begin_read().map_err(|e| err(p, e))?;
         let meta = txn.open_table(META).map_err(|e| err(p, e))?;
         let revision = self.applied_in(&meta)?;
         let oldest = read_compact(&meta, p)?;
         if after < oldest {
-            return Err(HistoryError::Compacted { requested: after, oldest });
+            return Err(HistoryError::Compacted {
+                requested: after,
+                oldest,
+            });
         }
         let t = txn.open_table(EVENTS).map_err(|e| err(p, e))?;
         let mut events: Vec<WatchEvent> = Vec::new();
@@ -535,10 +647,17 @@ impl StoreReader {
             }
             events.push(decode(p, "event", v.value())?);
         }
-        Ok(HistoryPage { events, revision, more })
+        Ok(HistoryPage {
+            events,
+            revision,
+            more,
+        })
     }
 }
 
 fn keys_before(items: &[Object], _kind: &str) -> String {
-    items.last().map(|o| keys::object_key(&o.key())).unwrap_or_default()
+    items
+        .last()
+        .map(|o| keys::object_key(&o.key()))
+        .unwrap_or_default()
 }

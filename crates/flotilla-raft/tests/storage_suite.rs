@@ -9,14 +9,30 @@ use openraft::StorageError;
 struct RedbBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for RedbBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let io = |e: flotilla_raft::StoreError| {
-            StorageError::from_io_error(openraft::ErrorSubject::Store, openraft::ErrorVerb::Write, e.into())
+            StorageError::from_io_error(
+                openraft::ErrorSubject::Store,
+                openraft::ErrorVerb::Write,
+                e.into(),
+            )
         };
-        let dir = tempfile::tempdir().map_err(|e| StorageError::from_io_error(openraft::ErrorSubject::Store, openraft::ErrorVerb::Write, e))?;
+        let dir = tempfile::tempdir().map_err(|e| {
+            StorageError::from_io_error(
+                openraft::ErrorSubject::Store,
+                openraft::ErrorVerb::Write,
+                e,
+            )
+        })?;
         let log = LogStore::open(&dir.path().join("raft-log.redb"), "suite", 0).map_err(io)?;
-        let sm = StateMachine::open(&dir.path().join("state.redb"), &dir.path().join("snapshot.pb"), StateMachineConfig::default())
-            .map_err(io)?;
+        let sm = StateMachine::open(
+            &dir.path().join("state.redb"),
+            &dir.path().join("snapshot.pb"),
+            StateMachineConfig::default(),
+        )
+        .map_err(io)?;
         Ok((dir, log, sm))
     }
 }

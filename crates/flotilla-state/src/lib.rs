@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use flotilla_api::pb::api::{
-    object::Body, write::Op, write_result, ApiError, DeleteRequest, ErrorCode, EventType, Object, WatchEvent,
-    WriteResult,
+    object::Body, write::Op, write_result, ApiError, DeleteRequest, ErrorCode, EventType, Object,
+    WatchEvent, WriteResult,
 };
 use flotilla_api::pb::raft::Command;
 use flotilla_api::{keys, validation};
@@ -51,11 +51,22 @@ pub struct Applied {
 /// Apply `cmd`, committed at log index `revision`. Writes are independent: one failing its
 /// precondition does not stop the others. Only storage errors abort (and then nothing of the
 /// caller's transaction may be committed).
-pub fn apply_command<T: ObjectTable>(table: &mut T, revision: u64, cmd: &Command) -> Result<Applied, T::Error> {
+pub fn apply_command<T: ObjectTable>(
+    table: &mut T,
+    revision: u64,
+    cmd: &Command,
+) -> Result<Applied, T::Error> {
     let mut out = Applied::default();
     for (position, w) in cmd.writes.iter().enumerate() {
         let r = match &w.op {
-            Some(Op::Create(o)) => create(table, revision, position, cmd.timestamp_ms, o, &mut out.events)?,
+            Some(Op::Create(o)) => create(
+                table,
+                revision,
+                position,
+                cmd.timestamp_ms,
+                o,
+                &mut out.events,
+            )?,
             Some(Op::Update(o)) => update(table, revision, cmd.timestamp_ms, o, &mut out.events)?,
             Some(Op::Delete(d)) => delete(table, revision, cmd.timestamp_ms, d, &mut out.events)?,
             None => Err(ApiError::invalid("writes[].op", "empty write")),
@@ -94,7 +105,10 @@ fn create<T: ObjectTable>(
     let key = obj.key();
     let k = keys::object_key(&key);
     if table.get(&k)?.is_some() {
-        return Ok(Err(ApiError::new(ErrorCode::AlreadyExists, format!("{key} already exists"))));
+        return Ok(Err(ApiError::new(
+            ErrorCode::AlreadyExists,
+            format!("{key} already exists"),
+        )));
     }
     let mut o = obj.clone();
     let m = o.meta_mut();
@@ -150,8 +164,13 @@ fn update<T: ObjectTable>(
         )));
     }
     if let (Some(Body::ConfigMap(old)), Some(Body::ConfigMap(new))) = (&stored.body, &obj.body) {
-        if old.immutable && (old.data != new.data || old.binary_data != new.binary_data || !new.immutable) {
-            return Ok(Err(ApiError::invalid("data", format!("{key} is immutable; delete and recreate it to change it"))));
+        if old.immutable
+            && (old.data != new.data || old.binary_data != new.binary_data || !new.immutable)
+        {
+            return Ok(Err(ApiError::invalid(
+                "data",
+                format!("{key} is immutable; delete and recreate it to change it"),
+            )));
         }
     }
     if !user_fields_differ(&stored, obj) {
@@ -195,7 +214,10 @@ fn delete<T: ObjectTable>(
         if rv != o.meta().resource_version {
             return Ok(Err(ApiError::new(
                 ErrorCode::Conflict,
-                format!("{key}: precondition failed: resourceVersion is {}, expected {rv}", o.meta().resource_version),
+                format!(
+                    "{key}: precondition failed: resourceVersion is {}, expected {rv}",
+                    o.meta().resource_version
+                ),
             )));
         }
     }
@@ -203,7 +225,10 @@ fn delete<T: ObjectTable>(
         if *uid != o.meta().uid {
             return Ok(Err(ApiError::new(
                 ErrorCode::Conflict,
-                format!("{key}: precondition failed: uid is {}, expected {uid}", o.meta().uid),
+                format!(
+                    "{key}: precondition failed: uid is {}, expected {uid}",
+                    o.meta().uid
+                ),
             )));
         }
     }
@@ -240,7 +265,10 @@ mod tests {
                 ..Default::default()
             }),
             body: Some(Body::ConfigMap(ConfigMap {
-                data: data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                data: data
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 ..Default::default()
             })),
         }
@@ -249,7 +277,10 @@ mod tests {
     fn cmd(writes: Vec<Op>) -> Command {
         Command {
             timestamp_ms: 1000,
-            writes: writes.into_iter().map(|op| Write { op: Some(op) }).collect(),
+            writes: writes
+                .into_iter()
+                .map(|op| Write { op: Some(op) })
+                .collect(),
         }
     }
 
@@ -278,14 +309,26 @@ mod tests {
     #[test]
     fn create_stamps_revision_and_rejects_duplicates_independently() {
         let mut t = BTreeMap::new();
-        let a = apply_command(&mut t, 5, &cmd(vec![Op::Create(cm("a", &[])), Op::Create(cm("a", &[])), Op::Create(cm("b", &[]))])).unwrap();
+        let a = apply_command(
+            &mut t,
+            5,
+            &cmd(vec![
+                Op::Create(cm("a", &[])),
+                Op::Create(cm("a", &[])),
+                Op::Create(cm("b", &[])),
+            ]),
+        )
+        .unwrap();
         assert_eq!(ok(&a.results[0]).meta().resource_version, 5);
         assert_eq!(ok(&a.results[0]).meta().generation, 1);
         assert_eq!(ok(&a.results[0]).meta().creation_timestamp_ms, 1000);
         assert_eq!(err(&a.results[1]), ErrorCode::AlreadyExists);
         assert_eq!(ok(&a.results[2]).meta().name, "b");
         assert_eq!(a.events.len(), 2);
-        assert!(a.events.iter().all(|e| e.revision == 5 && e.r#type == EventType::Added as i32));
+        assert!(a
+            .events
+            .iter()
+            .all(|e| e.revision == 5 && e.r#type == EventType::Added as i32));
     }
 
     #[test]
@@ -302,15 +345,30 @@ mod tests {
         good.meta_mut().resource_version = 1;
         let r = apply_command(&mut t, 3, &cmd(vec![Op::Update(good)])).unwrap();
         let o = ok(&r.results[0]);
-        assert_eq!((o.meta().resource_version, o.meta().generation, o.meta().uid.as_str()), (3, 2, "uid-a"));
+        assert_eq!(
+            (
+                o.meta().resource_version,
+                o.meta().generation,
+                o.meta().uid.as_str()
+            ),
+            (3, 2, "uid-a")
+        );
 
         let mut labelled = cm("a", &[("k", "2")]);
         labelled.meta_mut().labels.insert("x".into(), "y".into());
         let r = apply_command(&mut t, 4, &cmd(vec![Op::Update(labelled.clone())])).unwrap();
-        assert_eq!(ok(&r.results[0]).meta().generation, 2, "metadata-only change keeps generation");
+        assert_eq!(
+            ok(&r.results[0]).meta().generation,
+            2,
+            "metadata-only change keeps generation"
+        );
 
         let r = apply_command(&mut t, 5, &cmd(vec![Op::Update(labelled)])).unwrap();
-        assert_eq!(ok(&r.results[0]).meta().resource_version, 4, "a no-op update changes nothing");
+        assert_eq!(
+            ok(&r.results[0]).meta().resource_version,
+            4,
+            "a no-op update changes nothing"
+        );
         assert!(r.events.is_empty());
 
         let r = apply_command(&mut t, 6, &cmd(vec![Op::Update(cm("missing", &[]))])).unwrap();
@@ -322,7 +380,12 @@ mod tests {
         let mut t = BTreeMap::new();
         let mut f = cm("f", &[]);
         f.meta_mut().finalizers.push("example.com/hold".into());
-        apply_command(&mut t, 1, &cmd(vec![Op::Create(cm("a", &[])), Op::Create(f)])).unwrap();
+        apply_command(
+            &mut t,
+            1,
+            &cmd(vec![Op::Create(cm("a", &[])), Op::Create(f)]),
+        )
+        .unwrap();
         let del = |name: &str, rv: Option<u64>| {
             Op::Delete(DeleteRequest {
                 key: Some(key(name)),
@@ -336,7 +399,10 @@ mod tests {
 
         let r = apply_command(&mut t, 3, &cmd(vec![del("a", Some(1)), del("f", None)])).unwrap();
         assert_eq!(r.events[0].r#type, EventType::Deleted as i32);
-        assert_eq!(r.events[0].object.as_ref().unwrap().meta().resource_version, 3);
+        assert_eq!(
+            r.events[0].object.as_ref().unwrap().meta().resource_version,
+            3
+        );
         assert_eq!(r.events[1].r#type, EventType::Modified as i32);
         let marked = ok(&r.results[1]).clone();
         assert_eq!(marked.meta().deletion_timestamp_ms, Some(1000));
@@ -351,9 +417,15 @@ mod tests {
 
     #[test]
     fn apply_is_deterministic() {
-        let c = cmd(vec![Op::Create(cm("a", &[("x", "1")])), Op::Create(cm("b", &[]))]);
+        let c = cmd(vec![
+            Op::Create(cm("a", &[("x", "1")])),
+            Op::Create(cm("b", &[])),
+        ]);
         let (mut t1, mut t2) = (BTreeMap::new(), BTreeMap::new());
-        assert_eq!(apply_command(&mut t1, 9, &c).unwrap(), apply_command(&mut t2, 9, &c).unwrap());
+        assert_eq!(
+            apply_command(&mut t1, 9, &c).unwrap(),
+            apply_command(&mut t2, 9, &c).unwrap()
+        );
         assert_eq!(t1, t2);
     }
 

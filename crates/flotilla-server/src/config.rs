@@ -1,0 +1,225 @@
+//! The server's TOML configuration. Every duration names its unit; every queue has a bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// One member of the initial cluster.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub id: u64,
+    pub raft_addr: String,
+    pub api_addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSettings {
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind a snapshot, for followers that lag a little.
+    pub max_in_snapshot_log_to_keep: u64,
+    pub max_payload_entries: u64,
+    pub install_snapshot_timeout_ms: u64,
+    pub max_message_bytes: usize,
+    pub max_snapshot_bytes: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            heartbeat_interval_ms: 250,
+            snapshot_logs_since_last: 10_000,
+            max_in_snapshot_log_to_keep: 1000,
+            max_payload_entries: 256,
+            install_snapshot_timeout_ms: 30_000,
+            max_message_bytes: 256 * 1024 * 1024,
+            max_snapshot_bytes: 8 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest encoded object accepted.
+    pub max_object_bytes: usize,
+    /// Largest API request accepted (a batch of writes).
+    pub max_request_bytes: usize,
+    pub max_batch_writes: usize,
+    /// Largest page a list returns; clients follow continue tokens for more.
+    pub max_list_page: usize,
+    /// Revisions of watch history kept for resuming watches.
+    pub watch_history_revisions: u64,
+    /// Events queued per watcher before the server falls back to reading history.
+    pub watch_queue_len: usize,
+    /// Applied entries buffered for all watchers together.
+    pub watch_broadcast_capacity: usize,
+    /// An idle watch gets a bookmark this often.
+    pub watch_progress_interval_ms: u64,
+    /// How long a write waits for commit before answering TIMEOUT (outcome unknown).
+    pub write_timeout_ms: u64,
+    /// How long a request waits for an election to produce a leader.
+    pub leader_wait_ms: u64,
+    /// Concurrent watch streams served by this server.
+    pub max_watchers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_object_bytes: flotilla_api::DEFAULT_MAX_OBJECT_BYTES,
+            max_request_bytes: 16 * 1024 * 1024,
+            max_batch_writes: 1000,
+            max_list_page: 5000,
+            watch_history_revisions: 100_000,
+            watch_queue_len: 1024,
+            watch_broadcast_capacity: 4096,
+            watch_progress_interval_ms: 5000,
+            write_timeout_ms: 10_000,
+            leader_wait_ms: 5000,
+            max_watchers: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub node_id: u64,
+    /// A name shared by all members; a data directory of another cluster is refused.
+    pub cluster_id: String,
+    pub api_addr: String,
+    pub raft_addr: String,
+    /// Prometheus text metrics on http://ADDR/metrics; absent: no metrics listener.
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
+    /// Relative paths are taken from the directory the server is started in.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Members that bootstrap a new cluster together. Empty: join an existing cluster by being
+    /// added as a learner.
+    #[serde(default)]
+    pub initial_members: Vec<MemberConfig>,
+    #[serde(default)]
+    pub raft: RaftSettings,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+impl ServerConfig {
+    pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    pub fn parse(name: &str, text: &str) -> Result<ServerConfig, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: name.to_string(),
+            message,
+        };
+        let c: ServerConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        for (field, addr) in [("api_addr", &c.api_addr), ("raft_addr", &c.raft_addr)] {
+            addr.parse::<SocketAddr>()
+                .map_err(|e| invalid(format!("{field} {addr:?} is not an IP:port address: {e}")))?;
+        }
+        if let Some(m) = &c.metrics_addr {
+            m.parse::<SocketAddr>().map_err(|e| {
+                invalid(format!("metrics_addr {m:?} is not an IP:port address: {e}"))
+            })?;
+        }
+        if c.cluster_id.is_empty() {
+            return Err(invalid("cluster_id must not be empty".into()));
+        }
+        if !c.initial_members.is_empty() && !c.initial_members.iter().any(|m| m.id == c.node_id) {
+            return Err(invalid(format!(
+                "initial_members does not include this server's node_id {}",
+                c.node_id
+            )));
+        }
+        if c.raft.election_timeout_min_ms <= c.raft.heartbeat_interval_ms
+            || c.raft.election_timeout_max_ms <= c.raft.election_timeout_min_ms
+        {
+            return Err(invalid(
+                "need heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms"
+                    .into(),
+            ));
+        }
+        if c.limits.max_object_bytes > c.limits.max_request_bytes {
+            return Err(invalid(
+                "limits.max_object_bytes must not exceed limits.max_request_bytes".into(),
+            ));
+        }
+        Ok(c)
+    }
+
+    /// The data directory: the flag, else the config's, else `data/server-<id>`, relative paths
+    /// taken from the current directory.
+    pub fn resolve_data_dir(&self, flag: Option<&Path>) -> PathBuf {
+        let d = flag
+            .map(Path::to_path_buf)
+            .or_else(|| self.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(format!("data/server-{}", self.node_id)));
+        if d.is_absolute() {
+            d
+        } else {
+            std::env::current_dir().map(|c| c.join(&d)).unwrap_or(d)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"
+node_id = 1
+cluster_id = "t"
+api_addr = "127.0.0.1:7101"
+raft_addr = "127.0.0.1:7111"
+[[initial_members]]
+id = 1
+raft_addr = "127.0.0.1:7111"
+api_addr = "127.0.0.1:7101"
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let c = ServerConfig::parse("x", OK).unwrap();
+        assert_eq!(c.limits.max_object_bytes, 4 * 1024 * 1024);
+        assert!(c.resolve_data_dir(None).ends_with("data/server-1"));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e =
+            ServerConfig::parse("x.toml", &OK.replace("7101\"\nraft", "nope\"\nraft")).unwrap_err();
+        assert!(e.to_string().contains("api_addr"), "{e}");
+        let e = ServerConfig::parse("x.toml", &format!("{OK}\nbogus = 1\n")).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e =
+            ServerConfig::parse("x.toml", &OK.replace("node_id = 1", "node_id = 2")).unwrap_err();
+        assert!(e.to_string().contains("initial_members"), "{e}");
+    }
+}

@@ -1,0 +1,133 @@
+//! Prometheus text metrics. Raft figures are read from openraft's metrics at scrape time;
+//! write latency is observed on the write path.
+
+use openraft::async_runtime::WatchReceiver;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::node::Node;
+
+pub struct Metrics {
+    registry: Registry,
+    term: Gauge,
+    commit_index: Gauge,
+    applied_index: Gauge,
+    last_log_index: Gauge,
+    log_entries: Gauge,
+    snapshot_index: Gauge,
+    is_leader: Gauge,
+    watchers: Gauge,
+    /// Seconds from proposal to commit-and-apply, on the leader.
+    pub write_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("flotilla");
+        let m = Metrics {
+            term: Gauge::default(),
+            commit_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            last_log_index: Gauge::default(),
+            log_entries: Gauge::default(),
+            snapshot_index: Gauge::default(),
+            is_leader: Gauge::default(),
+            watchers: Gauge::default(),
+            write_latency: Histogram::new(exponential_buckets(0.0002, 2.0, 18)),
+            registry: Registry::default(),
+        };
+        registry.register("raft_term", "Current Raft term", m.term.clone());
+        registry.register(
+            "raft_commit_index",
+            "Highest log index known committed",
+            m.commit_index.clone(),
+        );
+        registry.register(
+            "raft_applied_index",
+            "Highest log index applied to the state machine",
+            m.applied_index.clone(),
+        );
+        registry.register(
+            "raft_last_log_index",
+            "Highest log index stored",
+            m.last_log_index.clone(),
+        );
+        registry.register(
+            "raft_log_entries",
+            "Entries kept in the log (not yet purged)",
+            m.log_entries.clone(),
+        );
+        registry.register(
+            "raft_snapshot_index",
+            "Last log index covered by a snapshot",
+            m.snapshot_index.clone(),
+        );
+        registry.register("raft_is_leader", "1 on the leader", m.is_leader.clone());
+        registry.register(
+            "watchers",
+            "Watch streams open on this server",
+            m.watchers.clone(),
+        );
+        registry.register(
+            "write_latency_seconds",
+            "Proposal to applied, on the leader",
+            m.write_latency.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn render(&self, node: &Node) -> String {
+        let m = node.raft.metrics().borrow_watched().clone();
+        self.term.set(m.current_term as i64);
+        self.commit_index
+            .set(m.cluster_committed.map(|l| l.index).unwrap_or(0) as i64);
+        self.applied_index
+            .set(m.last_applied.map(|l| l.index).unwrap_or(0) as i64);
+        self.last_log_index
+            .set(m.last_log_index.unwrap_or(0) as i64);
+        self.snapshot_index
+            .set(m.snapshot.map(|l| l.index).unwrap_or(0) as i64);
+        self.is_leader
+            .set(i64::from(m.current_leader == Some(node.id)));
+        self.log_entries
+            .set(node.log.entry_count().unwrap_or(0) as i64);
+        self.watchers.set(node.reader.watcher_count() as i64);
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &self.registry) {
+            return format!("# metrics encoding failed: {e}\n");
+        }
+        out
+    }
+}
+
+async fn metrics_handler(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let body = node.metrics.render(&node);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .with_state(node)
+}

@@ -1,1 +1,454 @@
+//! Test harness: a cluster of real `flotilla server` processes on 127.0.0.1, each with its own
+//! data directory in a temporary folder, killed, stopped and restarted at will. Nothing here
+//! reaches beyond loopback; every wait is bounded.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_api::pb::admin::cluster_service_client::ClusterServiceClient;
+use flotilla_api::pb::admin::{LocalStatusRequest, MemberStatus, Role};
+use flotilla_api::pb::api::{object::Body, ConfigMap, Object, ObjectMeta};
+use flotilla_client::{Client, ClientConfig};
+
+/// The `flotilla` binary built in the same target directory as this test.
+pub fn flotilla_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("FLOTILLA_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>/flotilla
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("flotilla"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p flotilla` (the README's test command does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Per-cluster settings written into every server's config.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub snapshot_logs_since_last: u64,
+    pub max_in_snapshot_log_to_keep: u64,
+    pub watch_history_revisions: u64,
+    pub watch_progress_interval_ms: u64,
+    pub max_object_bytes: usize,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_logs_since_last: 10_000,
+            max_in_snapshot_log_to_keep: 1000,
+            watch_history_revisions: 100_000,
+            watch_progress_interval_ms: 1000,
+            max_object_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+pub struct Server {
+    pub id: u64,
+    pub api: String,
+    pub raft: String,
+    pub metrics: String,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub cluster_id: String,
+    pub servers: BTreeMap<u64, Server>,
+    pub opts: Opts,
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    // Hold every listener until all ports are chosen, so none is handed out twice.
+    let ls: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    ls.iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+impl Cluster {
+    /// Write configs for servers 1..=n that bootstrap together, and start them.
+    pub fn start(n: u64, opts: Opts) -> Cluster {
+        let mut c = Cluster::new(opts);
+        let ids: Vec<u64> = (1..=n).collect();
+        for id in &ids {
+            c.add_server(*id);
+        }
+        let initial: Vec<u64> = ids.clone();
+        for id in &ids {
+            c.write_config(*id, &initial);
+        }
+        for id in ids {
+            c.start_server(id);
+        }
+        c
+    }
+
+    pub fn new(opts: Opts) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cluster_id = format!("test-{}", std::process::id());
+        Cluster {
+            dir,
+            cluster_id,
+            servers: BTreeMap::new(),
+            opts,
+        }
+    }
+
+    /// Allocate ports and paths for a server (not yet started, no config yet).
+    pub fn add_server(&mut self, id: u64) -> &Server {
+        let p = free_ports(3);
+        let root = self.dir.path();
+        let s = Server {
+            id,
+            api: format!("127.0.0.1:{}", p[0]),
+            raft: format!("127.0.0.1:{}", p[1]),
+            metrics: format!("127.0.0.1:{}", p[2]),
+            config: root.join(format!("server-{id}.toml")),
+            data_dir: root.join(format!("data-{id}")),
+            log: root.join(format!("server-{id}.log")),
+            child: None,
+            starts: 0,
+        };
+        self.servers.insert(id, s);
+        &self.servers[&id]
+    }
+
+    /// Write server `id`'s config; `initial` are the bootstrap members (empty: join later).
+    pub fn write_config(&self, id: u64, initial: &[u64]) {
+        let s = &self.servers[&id];
+        let o = &self.opts;
+        let mut text = format!(
+            "node_id = {id}\ncluster_id = \"{}\"\napi_addr = \"{}\"\nraft_addr = \"{}\"\nmetrics_addr = \"{}\"\ndata_dir = \"{}\"\n",
+            self.cluster_id,
+            s.api,
+            s.raft,
+            s.metrics,
+            s.data_dir.display()
+        );
+        for m in initial {
+            let ms = &self.servers[m];
+            text.push_str(&format!(
+                "\n[[initial_members]]\nid = {m}\nraft_addr = \"{}\"\napi_addr = \"{}\"\n",
+                ms.raft, ms.api
+            ));
+        }
+        text.push_str(&format!(
+            "\n[raft]\nheartbeat_interval_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\nsnapshot_logs_since_last = {}\nmax_in_snapshot_log_to_keep = {}\n",
+            o.heartbeat_interval_ms, o.election_timeout_min_ms, o.election_timeout_max_ms, o.snapshot_logs_since_last, o.max_in_snapshot_log_to_keep
+        ));
+        text.push_str(&format!(
+            "\n[limits]\nwatch_history_revisions = {}\nwatch_progress_interval_ms = {}\nmax_object_bytes = {}\nleader_wait_ms = 5000\n",
+            o.watch_history_revisions, o.watch_progress_interval_ms, o.max_object_bytes
+        ));
+        std::fs::write(&s.config, text).expect("write config");
+    }
+
+    pub fn start_server(&mut self, id: u64) {
+        let bin = flotilla_bin();
+        let s = self.servers.get_mut(&id).expect("known server");
+        assert!(s.child.is_none(), "server {id} already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&s.log)
+            .expect("open log");
+        let child = Command::new(bin)
+            .args(["server", "--config"])
+            .arg(&s.config)
+            .env("FLOTILLA_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn flotilla server");
+        s.child = Some(child);
+        s.starts += 1;
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.servers.get_mut(&id).and_then(|s| s.child.take()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for an orderly exit; returns the exit status.
+    pub fn stop(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let mut c = self.servers.get_mut(&id).and_then(|s| s.child.take())?;
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.servers[&id].child.is_some()
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.servers
+            .values()
+            .filter(|s| s.child.is_some())
+            .map(|s| s.id)
+            .collect()
+    }
+
+    pub fn api_addrs(&self) -> Vec<String> {
+        self.servers.values().map(|s| s.api.clone()).collect()
+    }
+
+    /// A client that may use any server.
+    pub async fn client(&self) -> Client {
+        connect(self.api_addrs()).await
+    }
+
+    /// A client bound to one server.
+    pub async fn client_of(&self, id: u64) -> Client {
+        connect(vec![self.servers[&id].api.clone()]).await
+    }
+
+    /// The server's own view (role, term, indexes), or None if it does not answer.
+    pub async fn local_status(&self, id: u64) -> Option<MemberStatus> {
+        let addr = format!("http://{}", self.servers[&id].api);
+        let fut = async {
+            let mut c = ClusterServiceClient::connect(addr).await.ok()?;
+            c.local_status(LocalStatusRequest {})
+                .await
+                .ok()
+                .map(|r| r.into_inner())
+        };
+        tokio::time::timeout(Duration::from_millis(1500), fut)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Wait until one running server reports itself leader and returns its id.
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for id in self.running() {
+                if let Some(s) = self.local_status(id).await {
+                    if s.role == Role::Leader as i32 {
+                        return id;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader within {timeout:?}\n{}",
+                self.log_tails()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until every listed server has applied at least `index`.
+    pub async fn wait_applied(&self, ids: &[u64], index: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for id in ids {
+            loop {
+                if let Some(s) = self.local_status(*id).await {
+                    if s.applied_index >= index {
+                        break;
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "server {id} did not apply index {index} within {timeout:?}\n{}",
+                    self.log_tails()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// The last lines of every server's log, for failure messages.
+    pub fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for s in self.servers.values() {
+            let text = std::fs::read_to_string(&s.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- server {} log (last 15 lines) ---\n", s.id));
+            for l in &lines[lines.len().saturating_sub(15)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Text of one server's /metrics.
+    pub async fn metrics_text(&self, id: u64) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = &self.servers[&id].metrics;
+        let fut = async {
+            let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+            s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+                .await
+                .ok()?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).await.ok()?;
+            Some(buf)
+        };
+        tokio::time::timeout(Duration::from_secs(3), fut)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// One gauge from a server's metrics.
+    pub async fn metric(&self, id: u64, name: &str) -> Option<f64> {
+        let text = self.metrics_text(id).await;
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tails());
+        }
+        let ids: Vec<u64> = self.servers.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+    }
+}
+
+pub async fn connect(servers: Vec<String>) -> Client {
+    let mut cfg = ClientConfig::new(servers);
+    cfg.request_timeout = Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match Client::connect(cfg.clone()).await {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot connect: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A ConfigMap in `default` with the given data.
+pub fn configmap(name: &str, data: &[(&str, &str)]) -> Object {
+    Object {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        body: Some(Body::ConfigMap(ConfigMap {
+            data: data
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        })),
+    }
+}
+
+pub fn cm_key(name: &str) -> flotilla_api::ObjectKey {
+    flotilla_api::ObjectKey {
+        kind: "ConfigMap".into(),
+        namespace: "default".into(),
+        name: name.into(),
+    }
+}
+
+/// Run the flotilla CLI; returns (exit success, stdout, stderr).
+pub fn cli(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(flotilla_bin())
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn flotilla");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait flotilla");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Run the flotilla CLI with a bounded wait, for commands that must exit by themselves.
+pub fn run_server_expect_exit(args: &[&str], timeout: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new(flotilla_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn flotilla");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            let mut err = String::new();
+            use std::io::Read;
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return (st.code(), err);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (None, String::new());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -71,6 +71,8 @@ struct Inner {
     events_tx: broadcast::Sender<Arc<AppliedBatch>>,
     applied_tx: watch::Sender<u64>,
     current_snapshot: Mutex<Option<(SnapshotMeta, Arc<Vec<u8>>)>>,
+    /// Snapshots received from a leader and installed since start (for metrics and tests).
+    snapshots_installed: std::sync::atomic::AtomicU64,
 }
 
 /// The openraft state machine; clones share one database.
@@ -174,6 +176,7 @@ impl StateMachine {
                 events_tx,
                 applied_tx,
                 current_snapshot: Mutex::new(current_snapshot),
+                snapshots_installed: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         let (applied, _) = sm
@@ -486,6 +489,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .current_snapshot
             .lock()
             .map_err(|_| io::Error::other("snapshot lock poisoned"))? = Some((meta.clone(), data));
+        self.inner.snapshots_installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(revision, "installed snapshot");
         let _ = self.inner.events_tx.send(Arc::new(AppliedBatch {
             revision,
@@ -538,6 +542,10 @@ impl StoreReader {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<AppliedBatch>> {
         self.inner.events_tx.subscribe()
+    }
+
+    pub fn snapshots_installed(&self) -> u64 {
+        self.inner.snapshots_installed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn watcher_count(&self) -> usize {

@@ -24,6 +24,7 @@ pub struct Metrics {
     last_log_index: Gauge,
     log_entries: Gauge,
     snapshot_index: Gauge,
+    snapshots_installed: Gauge,
     is_leader: Gauge,
     watchers: Gauge,
     /// Seconds from proposal to commit-and-apply, on the leader.
@@ -46,6 +47,7 @@ impl Metrics {
             last_log_index: Gauge::default(),
             log_entries: Gauge::default(),
             snapshot_index: Gauge::default(),
+            snapshots_installed: Gauge::default(),
             is_leader: Gauge::default(),
             watchers: Gauge::default(),
             write_latency: Histogram::new(exponential_buckets(0.0002, 2.0, 18)),
@@ -77,6 +79,11 @@ impl Metrics {
             "Last log index covered by a snapshot",
             m.snapshot_index.clone(),
         );
+        registry.register(
+            "raft_snapshots_installed",
+            "Snapshots received from a leader and installed since this server started",
+            m.snapshots_installed.clone(),
+        );
         registry.register("raft_is_leader", "1 on the leader", m.is_leader.clone());
         registry.register(
             "watchers",
@@ -107,6 +114,8 @@ impl Metrics {
         self.log_entries
             .set(node.log.entry_count().unwrap_or(0) as i64);
         self.watchers.set(node.reader.watcher_count() as i64);
+        self.snapshots_installed
+            .set(node.reader.snapshots_installed() as i64);
         let mut out = String::new();
         if let Err(e) = encode(&mut out, &self.registry) {
             return format!("# metrics encoding failed: {e}\n");

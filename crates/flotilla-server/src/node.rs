@@ -63,18 +63,18 @@ pub struct Node {
 }
 
 impl Node {
-    /// The current leader's id and client API address, as this server knows them.
+    /// The current leader's id and client API address, as this server knows them. A leader
+    /// that is no longer in the membership (it was just removed) does not count.
     pub fn leader(&self) -> Option<(u64, String)> {
         let m = self.raft.metrics().borrow_watched().clone();
         let id = m.current_leader?;
-        let addr = m
+        let found = m
             .membership_config
             .membership()
             .nodes()
             .find(|(nid, _)| **nid == id)
-            .map(|(_, n)| n.api_address.clone())
-            .unwrap_or_default();
-        Some((id, addr))
+            .map(|(_, n)| (id, n.api_address.clone()));
+        found
     }
 
     /// Wait (bounded by `leader_wait_ms`) until some leader is known.

@@ -11,7 +11,10 @@ const NEW_LEADER_BOUND: Duration = Duration::from_secs(15);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_leader_kill_ends_with_a_new_leader() {
-    let kills: usize = std::env::var("FLOTILLA_LEADER_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let kills: usize = std::env::var("FLOTILLA_LEADER_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let opts = Opts {
         heartbeat_interval_ms: 50,
         election_timeout_min_ms: 300,
@@ -28,7 +31,10 @@ async fn every_leader_kill_ends_with_a_new_leader() {
         let next = cluster.wait_leader(NEW_LEADER_BOUND).await;
         let took = t0.elapsed();
         assert_ne!(next, leader);
-        assert!(took < NEW_LEADER_BOUND, "round {round}: new leader after {took:?}");
+        assert!(
+            took < NEW_LEADER_BOUND,
+            "round {round}: new leader after {took:?}"
+        );
         worst = worst.max(took);
         total += took;
         cluster.start_server(leader);
@@ -41,14 +47,23 @@ async fn every_leader_kill_ends_with_a_new_leader() {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "round {round}: server {leader} did not rejoin\n{}", cluster.log_tails());
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: server {leader} did not rejoin\n{}",
+                cluster.log_tails()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if round % 25 == 0 {
             let mut c = cluster.client().await;
-            c.create(configmap(&format!("round-{round}"), &[])).await.unwrap();
+            c.create(configmap(&format!("round-{round}"), &[]))
+                .await
+                .unwrap();
         }
         leader = next;
     }
-    eprintln!("{kills} leader kills: worst time to a new leader {worst:?}, mean {:?}", total / kills.max(1) as u32);
+    eprintln!(
+        "{kills} leader kills: worst time to a new leader {worst:?}, mean {:?}",
+        total / kills.max(1) as u32
+    );
 }

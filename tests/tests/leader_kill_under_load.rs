@@ -53,7 +53,11 @@ async fn leader_sigkill_under_2000_concurrent_writes_loses_nothing() {
     // Kill the leader once a good share of the load is acknowledged.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while acked.load(Ordering::SeqCst) < 500 {
-        assert!(std::time::Instant::now() < deadline, "load did not progress\n{}", cluster.log_tails());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "load did not progress\n{}",
+            cluster.log_tails()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     cluster.kill(leader);
@@ -67,21 +71,40 @@ async fn leader_sigkill_under_2000_concurrent_writes_loses_nothing() {
         acknowledged.extend(done);
     }
     let total = acknowledged.len();
-    eprintln!("acknowledged {total} of {} writes ({at_kill} before the kill)", WRITERS * PER_WRITER);
-    assert!(total > at_kill, "no write was acknowledged after the leader was killed");
+    eprintln!(
+        "acknowledged {total} of {} writes ({at_kill} before the kill)",
+        WRITERS * PER_WRITER
+    );
+    assert!(
+        total > at_kill,
+        "no write was acknowledged after the leader was killed"
+    );
     assert!(resumed > 0);
-    assert!(total >= WRITERS * PER_WRITER * 9 / 10, "too many writes failed: {total}\n{}", cluster.log_tails());
+    assert!(
+        total >= WRITERS * PER_WRITER * 9 / 10,
+        "too many writes failed: {total}\n{}",
+        cluster.log_tails()
+    );
 
     cluster.start_server(leader);
     let new_leader = cluster.wait_leader(Duration::from_secs(20)).await;
     let max_rv = *acknowledged.values().max().unwrap();
-    cluster.wait_applied(&[1, 2, 3], max_rv, Duration::from_secs(60)).await;
+    cluster
+        .wait_applied(&[1, 2, 3], max_rv, Duration::from_secs(60))
+        .await;
     for id in [1, 2, 3] {
         let mut c = cluster.client_of(id).await;
         let (items, _) = c.list("ConfigMap", "default", "", true).await.unwrap();
-        let on_server: BTreeMap<String, u64> = items.iter().map(|o| (o.meta().name.clone(), o.meta().resource_version)).collect();
+        let on_server: BTreeMap<String, u64> = items
+            .iter()
+            .map(|o| (o.meta().name.clone(), o.meta().resource_version))
+            .collect();
         for (name, rv) in &acknowledged {
-            assert_eq!(on_server.get(name), Some(rv), "server {id} (leader now {new_leader}) lost or changed {name}");
+            assert_eq!(
+                on_server.get(name),
+                Some(rv),
+                "server {id} (leader now {new_leader}) lost or changed {name}"
+            );
         }
     }
 }

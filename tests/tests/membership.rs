@@ -25,7 +25,13 @@ async fn three_to_five_to_three_under_write_load() {
     }
     // The log has been compacted behind a snapshot on the leader.
     let leader = cluster.wait_leader(Duration::from_secs(10)).await;
-    assert!(cluster.metric(leader, "flotilla_raft_snapshot_index").await.unwrap_or(0.0) >= 200.0);
+    assert!(
+        cluster
+            .metric(leader, "flotilla_raft_snapshot_index")
+            .await
+            .unwrap_or(0.0)
+            >= 200.0
+    );
 
     for id in [4, 5] {
         cluster.add_server(id);
@@ -60,15 +66,28 @@ async fn three_to_five_to_three_under_write_load() {
     for id in [4, 5] {
         let s = &cluster.servers[&id];
         admin
-            .add_learner(AddLearnerRequest { id, raft_address: s.raft.clone(), api_address: s.api.clone() })
+            .add_learner(AddLearnerRequest {
+                id,
+                raft_address: s.raft.clone(),
+                api_address: s.api.clone(),
+            })
             .await
             .unwrap();
     }
     for id in [4, 5] {
         // A server added after compaction received the state as a snapshot.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while cluster.metric(id, "flotilla_raft_snapshots_installed").await.unwrap_or(0.0) < 1.0 {
-            assert!(std::time::Instant::now() < deadline, "server {id} did not catch up by snapshot install\n{}", cluster.metrics_text(id).await);
+        while cluster
+            .metric(id, "flotilla_raft_snapshots_installed")
+            .await
+            .unwrap_or(0.0)
+            < 1.0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server {id} did not catch up by snapshot install\n{}",
+                cluster.metrics_text(id).await
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         admin.promote(id).await.unwrap();
@@ -84,23 +103,46 @@ async fn three_to_five_to_three_under_write_load() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     let acked = writer.await.unwrap();
-    assert!(acked.len() > 50, "the writer made too little progress: {}", acked.len());
+    assert!(
+        acked.len() > 50,
+        "the writer made too little progress: {}",
+        acked.len()
+    );
 
     cluster.wait_leader(Duration::from_secs(20)).await;
-    let mut admin = flotilla_tests::connect(vec![cluster.servers[&3].api.clone(), cluster.servers[&4].api.clone(), cluster.servers[&5].api.clone()]).await;
+    let mut admin = flotilla_tests::connect(vec![
+        cluster.servers[&3].api.clone(),
+        cluster.servers[&4].api.clone(),
+        cluster.servers[&5].api.clone(),
+    ])
+    .await;
     let st = admin.cluster_status().await.unwrap();
-    let voters: Vec<u64> = st.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+    let voters: Vec<u64> = st
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .map(|m| m.id)
+        .collect();
     assert_eq!(voters, vec![3, 4, 5], "{st:?}");
 
     let max_rv = *acked.values().max().unwrap();
-    cluster.wait_applied(&[3, 4, 5], max_rv, Duration::from_secs(30)).await;
+    cluster
+        .wait_applied(&[3, 4, 5], max_rv, Duration::from_secs(30))
+        .await;
     let mut reference = None;
     for id in [3, 4, 5] {
         let mut c = cluster.client_of(id).await;
         let (items, _) = c.list("ConfigMap", "default", "", true).await.unwrap();
-        let got: BTreeMap<String, u64> = items.iter().map(|o| (o.meta().name.clone(), o.meta().resource_version)).collect();
+        let got: BTreeMap<String, u64> = items
+            .iter()
+            .map(|o| (o.meta().name.clone(), o.meta().resource_version))
+            .collect();
         for (name, rv) in &acked {
-            assert_eq!(got.get(name), Some(rv), "server {id} lost or changed {name}");
+            assert_eq!(
+                got.get(name),
+                Some(rv),
+                "server {id} lost or changed {name}"
+            );
         }
         assert!(got.len() >= 450 + acked.len());
         match &reference {

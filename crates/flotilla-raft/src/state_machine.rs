@@ -45,6 +45,9 @@ pub struct AppliedBatch {
     pub reset: bool,
 }
 
+/// One applied entry: its revision, the command result (normal entries) and its events.
+type AppliedEntry = (u64, Option<pb::CommandResult>, Vec<WatchEvent>);
+
 /// Settings of the state machine that are local to a server (none affects apply).
 #[derive(Debug, Clone)]
 pub struct StateMachineConfig {
@@ -221,7 +224,7 @@ impl StateMachine {
     fn apply_blocking(
         inner: &Inner,
         entries: Vec<crate::types::Entry>,
-    ) -> io::Result<Vec<(u64, Option<pb::CommandResult>, Vec<WatchEvent>)>> {
+    ) -> io::Result<Vec<AppliedEntry>> {
         let p = inner.path.as_path();
         let mut out = Vec::with_capacity(entries.len());
         let txn = inner.db.begin_write().map_err(|e| err(p, e))?;
@@ -489,7 +492,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .current_snapshot
             .lock()
             .map_err(|_| io::Error::other("snapshot lock poisoned"))? = Some((meta.clone(), data));
-        self.inner.snapshots_installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .snapshots_installed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(revision, "installed snapshot");
         let _ = self.inner.events_tx.send(Arc::new(AppliedBatch {
             revision,
@@ -545,7 +550,9 @@ impl StoreReader {
     }
 
     pub fn snapshots_installed(&self) -> u64 {
-        self.inner.snapshots_installed.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner
+            .snapshots_installed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn watcher_count(&self) -> usize {
@@ -645,7 +652,7 @@ impl StoreReader {
         let t = txn.open_table(EVENTS).map_err(|e| err(p, e))?;
         let mut events: Vec<WatchEvent> = Vec::new();
         let mut more = false;
-        let start = after.checked_add(1).unwrap_or(u64::MAX);
+        let start = after.saturating_add(1);
         for item in t.range((start, 0u32)..).map_err(|e| err(p, e))? {
             let (k, v) = item.map_err(|e| err(p, e))?;
             let (rev, _) = k.value();

@@ -212,6 +212,21 @@ api_addr = "127.0.0.1:7101"
     }
 
     #[test]
+    fn shipped_configs_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../cluster-configs");
+        let mut n = 0;
+        for sub in ["three-node", "five-node"] {
+            for entry in std::fs::read_dir(root.join(sub)).unwrap() {
+                let c = ServerConfig::load(&entry.unwrap().path()).unwrap();
+                assert!(c.initial_members.iter().any(|m| m.id == c.node_id));
+                n += 1;
+            }
+        }
+        assert_eq!(n, 8);
+        ServerConfig::load(&root.join("systemd/server.toml.example")).unwrap();
+    }
+
+    #[test]
     fn errors_name_the_problem() {
         let e =
             ServerConfig::parse("x.toml", &OK.replace("7101\"\nraft", "nope\"\nraft")).unwrap_err();

@@ -91,7 +91,7 @@ async fn catch_up(
         let page =
             tokio::task::spawn_blocking(move || reader.history_after(from, HISTORY_PAGE_EVENTS))
                 .await
-                .map_err(|e| ApiError::internal(e))?;
+                .map_err(ApiError::internal)?;
         let page = match page {
             Ok(p) => p,
             Err(HistoryError::Compacted { requested, oldest }) => {

@@ -3,7 +3,7 @@
 //! reaches beyond loopback; every wait is bounded.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,13 +17,16 @@ pub fn flotilla_bin() -> PathBuf {
     if let Ok(p) = std::env::var("FLOTILLA_BIN") {
         return PathBuf::from(p);
     }
-    // target/<profile>/deps/<test-binary> -> target/<profile>/flotilla
+    // Tests run from target/<profile>/deps/, tools (flotilla-bench) from target/<profile>/.
     let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("flotilla"))
-        .expect("target dir");
+    let dir = exe.parent().expect("exe dir");
+    let bin = [
+        dir.join("flotilla"),
+        dir.parent().map(|d| d.join("flotilla")).unwrap_or_default(),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .unwrap_or_else(|| dir.join("flotilla"));
     assert!(
         bin.exists(),
         "{} is missing: build it first with `cargo build -p flotilla` (the README's test command does)",

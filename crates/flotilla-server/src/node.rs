@@ -17,9 +17,9 @@ use flotilla_raft::service::RaftGrpc;
 use flotilla_raft::state_machine::StateMachineConfig;
 use flotilla_raft::{LogStore, Raft, StateMachine, StoreReader};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::{Limits, ServerConfig};
@@ -66,7 +66,9 @@ impl Node {
     /// The current leader's id and client API address, as this server knows them. A leader
     /// that is no longer in the membership (it was just removed) does not count.
     pub fn leader(&self) -> Option<(u64, String)> {
-        let m = self.raft.metrics().borrow_watched().clone();
+        // Borrow, not clone: this runs on every request.
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
         let id = m.current_leader?;
         let found = m
             .membership_config
@@ -262,10 +264,7 @@ pub async fn start(config: ServerConfig, data_dir: PathBuf) -> Result<ServerHand
     tasks.spawn(serve("raft", token.clone(), async move {
         tonic::transport::Server::builder()
             .add_service(raft_svc)
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(raft_listener),
-                token.cancelled_owned(),
-            )
+            .serve_with_incoming_shutdown(incoming(raft_listener), token.cancelled_owned())
             .await
     }));
 
@@ -279,10 +278,7 @@ pub async fn start(config: ServerConfig, data_dir: PathBuf) -> Result<ServerHand
         tonic::transport::Server::builder()
             .add_service(object_svc)
             .add_service(cluster_svc)
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(api_listener),
-                token.cancelled_owned(),
-            )
+            .serve_with_incoming_shutdown(incoming(api_listener), token.cancelled_owned())
             .await
     }));
 
@@ -325,6 +321,11 @@ pub async fn start(config: ServerConfig, data_dir: PathBuf) -> Result<ServerHand
     }
     tracing::info!(node = config.node_id, api = %config.api_addr, raft = %config.raft_addr, data = %data_dir.display(), "server started");
     Ok(ServerHandle { node, tasks })
+}
+
+/// Accepted connections with Nagle's algorithm off: small RPCs must not wait for delayed ACKs.
+fn incoming(l: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(l).with_nodelay(Some(true))
 }
 
 /// Run one listener; if it fails, ask the whole server to stop rather than limp on.

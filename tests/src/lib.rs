@@ -370,6 +370,26 @@ pub async fn connect(servers: Vec<String>) -> Client {
     }
 }
 
+/// Create `obj`, resolving unknown outcomes (the connection died mid-request): reconnect, and
+/// either create it or, if the lost attempt did apply, read it back. Bounded attempts.
+pub async fn create_resolved(c: &mut Client, servers: &[String], obj: Object) -> Object {
+    let mut last = None;
+    for _ in 0..10 {
+        match c.create(obj.clone()).await {
+            Ok(o) => return o,
+            Err(e) if e.code() == flotilla_api::ErrorCode::AlreadyExists => {
+                if let Ok((o, _)) = c.get(obj.key(), false).await {
+                    return o;
+                }
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        *c = connect(servers.to_vec()).await;
+    }
+    panic!("could not create {} : {last:?}", obj.key());
+}
+
 /// A ConfigMap in `default` with the given data.
 pub fn configmap(name: &str, data: &[(&str, &str)]) -> Object {
     Object {

@@ -81,8 +81,12 @@ async fn watch_from_revision_on_follower_across_leader_kill() {
     let mut stream = fc.watch(req(r)).await.unwrap();
 
     cluster.kill(leader);
+    let addrs = cluster.api_addrs();
     for i in 0..20 {
-        let o = c.create(configmap(&format!("b{i}"), &[])).await.unwrap();
+        // The client's server may be the one killed: a write in flight then has an unknown
+        // outcome, resolved by reading it back.
+        let o =
+            flotilla_tests::create_resolved(&mut c, &addrs, configmap(&format!("b{i}"), &[])).await;
         expected.push((
             EventType::Added as i32,
             o.meta().name.clone(),
@@ -116,7 +120,7 @@ async fn watch_from_revision_on_follower_across_leader_kill() {
         .unwrap();
     let mut oc = cluster.client_of(other).await;
     let mut resumed = oc.watch(req(last_rev)).await.unwrap();
-    let o = c.create(configmap("after-resume", &[])).await.unwrap();
+    let o = flotilla_tests::create_resolved(&mut c, &addrs, configmap("after-resume", &[])).await;
     let ev = next(&mut resumed).await;
     assert_eq!(ev.object.unwrap().meta().name, "after-resume");
     assert_eq!(ev.revision, o.meta().resource_version);

@@ -1,7 +1,10 @@
 //! The state machine in its own redb file: objects, the bounded watch history and the Raft
 //! bookkeeping (`last_applied`, membership) change together in one write transaction per
-//! applied batch, committed durably before any client hears the result. A restart therefore
-//! never applies an entry twice and never loses one it acknowledged.
+//! applied batch, so a restart never applies an entry twice. Those commits are not fsync'd: the
+//! Raft log is the durable record, and after a crash the state, its events and `last_applied`
+//! are all as of the last durable commit and the rest is applied again from the log. Snapshots
+//! force a durable commit of what they contain first, so the log is never purged past durable
+//! state.
 //!
 //! After each commit the applied entries are published on a bounded broadcast channel; watchers
 //! that fall behind re-read the history table, so a slow watcher costs disk reads, not memory.
@@ -227,7 +230,12 @@ impl StateMachine {
     ) -> io::Result<Vec<AppliedEntry>> {
         let p = inner.path.as_path();
         let mut out = Vec::with_capacity(entries.len());
-        let txn = inner.db.begin_write().map_err(|e| err(p, e))?;
+        let mut txn = inner.db.begin_write().map_err(|e| err(p, e))?;
+        // Not fsync'd: the entries are durable in the Raft log, and a crash that loses this
+        // commit re-applies them from there (objects, events and last_applied go back
+        // together). The log is never purged past durable state: see build_snapshot_blocking.
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| err(p, e))?;
         {
             let mut objects = txn.open_table(OBJECTS).map_err(|e| err(p, e))?;
             let mut events = txn.open_table(EVENTS).map_err(|e| err(p, e))?;
@@ -295,6 +303,10 @@ impl StateMachine {
         let p = inner.path.as_path();
         // One read transaction: the objects and the applied index are one consistent state.
         let txn = inner.db.begin_read().map_err(|e| err(p, e))?;
+        // Make everything this read sees durable before the snapshot exists: openraft purges
+        // the log behind a snapshot, and applied state is committed without fsync.
+        let flush = inner.db.begin_write().map_err(|e| err(p, e))?;
+        flush.commit().map_err(|e| err(p, e))?;
         let meta_t = txn.open_table(META).map_err(|e| err(p, e))?;
         let last_applied = match meta_t.get(KEY_APPLIED).map_err(|e| err(p, e))? {
             Some(v) => Some(decode::<pb::LogId>(p, "last_applied", v.value())?),

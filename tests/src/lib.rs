@@ -278,6 +278,24 @@ impl Cluster {
         }
     }
 
+    /// Wait until server `id` reports `role` and has applied something.
+    pub async fn wait_role(&self, id: u64, role: Role, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.local_status(id).await {
+                if s.role == role as i32 && s.applied_index > 0 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server {id} is not {role:?} within {timeout:?}\n{}",
+                self.log_tails()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Wait until every listed server has applied at least `index`.
     pub async fn wait_applied(&self, ids: &[u64], index: u64, timeout: Duration) {
         let deadline = Instant::now() + timeout;

@@ -40,20 +40,9 @@ async fn every_leader_kill_ends_with_a_new_leader() {
         cluster.start_server(leader);
         // Wait for the restarted server to rejoin as a follower before the next kill, so the
         // cluster always has a quorum to elect from.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = cluster.local_status(leader).await {
-                if s.role == Role::Follower as i32 && s.applied_index > 0 {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: server {leader} did not rejoin\n{}",
-                cluster.log_tails()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        cluster
+            .wait_role(leader, Role::Follower, Duration::from_secs(20))
+            .await;
         if round % 25 == 0 {
             let mut c = cluster.client().await;
             c.create(configmap(&format!("round-{round}"), &[]))

@@ -24,6 +24,23 @@ impl RaftGrpc {
     }
 }
 
+impl RaftGrpc {
+    async fn vote_or_pre_vote(
+        &self,
+        req: pb::VoteRequest,
+        pre: bool,
+    ) -> Result<Response<pb::VoteResponse>, Status> {
+        let req = vote_request(req)?;
+        let r = if pre {
+            self.raft.pre_vote(req).await
+        } else {
+            self.raft.vote(req).await
+        }
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(vote_response(r)))
+    }
+}
+
 fn bad(e: ConvertError) -> Status {
     Status::invalid_argument(e.to_string())
 }
@@ -50,26 +67,14 @@ impl RaftService for RaftGrpc {
         &self,
         request: Request<pb::VoteRequest>,
     ) -> Result<Response<pb::VoteResponse>, Status> {
-        let req = vote_request(request.into_inner())?;
-        let r = self
-            .raft
-            .vote(req)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(Response::new(vote_response(r)))
+        self.vote_or_pre_vote(request.into_inner(), false).await
     }
 
     async fn pre_vote(
         &self,
         request: Request<pb::VoteRequest>,
     ) -> Result<Response<pb::VoteResponse>, Status> {
-        let req = vote_request(request.into_inner())?;
-        let r = self
-            .raft
-            .pre_vote(req)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(Response::new(vote_response(r)))
+        self.vote_or_pre_vote(request.into_inner(), true).await
     }
 
     async fn append_entries(

@@ -688,3 +688,136 @@ fn keys_before(items: &[Object], _kind: &str) -> String {
         .map(|o| keys::object_key(&o.key()))
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_api::pb::api::{
+        object::Body, write::Op, ConfigMap, DeleteRequest, EventType, ObjectMeta, Write,
+    };
+    use openraft::vote::RaftLeaderId;
+
+    fn cm(name: &str, app: &str) -> Object {
+        Object {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                namespace: "default".into(),
+                labels: [("app".to_string(), app.to_string())].into(),
+                ..Default::default()
+            }),
+            body: Some(Body::ConfigMap(ConfigMap::default())),
+        }
+    }
+
+    fn entry(index: u64, ops: Vec<Op>) -> crate::types::Entry {
+        crate::types::Entry {
+            log_id: LogId::new(crate::types::LeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(pb::Command {
+                timestamp_ms: 1,
+                writes: ops.into_iter().map(|op| Write { op: Some(op) }).collect(),
+            }),
+        }
+    }
+
+    async fn apply(sm: &mut StateMachine, e: crate::types::Entry) {
+        let s = futures::stream::iter(vec![Ok((e, None))]);
+        sm.apply(s).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn list_pages_history_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StateMachineConfig {
+            history_revisions: 2,
+            broadcast_capacity: 16,
+        };
+        let mut sm =
+            StateMachine::open(&dir.path().join("s.redb"), &dir.path().join("snap.pb"), cfg)
+                .unwrap();
+        let r = sm.reader();
+        let creates = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|n| Op::Create(cm(n, if *n < "c" { "x" } else { "y" })))
+            .collect();
+        apply(&mut sm, entry(1, creates)).await;
+        let key = ObjectKey {
+            kind: "ConfigMap".into(),
+            namespace: "default".into(),
+            name: "a".into(),
+        };
+        apply(
+            &mut sm,
+            entry(
+                2,
+                vec![Op::Delete(DeleteRequest {
+                    key: Some(key.clone()),
+                    ..Default::default()
+                })],
+            ),
+        )
+        .await;
+        assert_eq!(r.revision(), 2);
+
+        // Pages of two follow the continue key to the end, in key order.
+        let all = Selector::default();
+        let mut names = Vec::new();
+        let mut after = None;
+        loop {
+            let page = r
+                .list("ConfigMap", "default", &all, 2, after.as_deref())
+                .unwrap();
+            assert_eq!(page.revision, 2);
+            names.extend(page.items.iter().map(|o| o.meta().name.clone()));
+            match page.next_key {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        assert_eq!(names, ["b", "c", "d", "e"]);
+        let y = r
+            .list(
+                "ConfigMap",
+                "",
+                &Selector::parse("app=y").unwrap(),
+                10,
+                None,
+            )
+            .unwrap();
+        assert_eq!(y.items.len(), 3);
+        assert!(r
+            .list("ConfigMap", "other", &all, 10, None)
+            .unwrap()
+            .items
+            .is_empty());
+        assert_eq!(r.get(&key).unwrap(), (None, 2));
+
+        // History: five ADDED at revision 1, one DELETED at 2.
+        let h = r.history_after(0, 100).unwrap();
+        assert_eq!(h.events.len(), 6);
+        assert!(h.events[..5]
+            .iter()
+            .all(|e| e.revision == 1 && e.r#type == EventType::Added as i32));
+        assert_eq!(
+            (h.events[5].revision, h.events[5].r#type),
+            (2, EventType::Deleted as i32)
+        );
+        // A page never splits a revision.
+        let h = r.history_after(0, 2).unwrap();
+        assert_eq!((h.events.len(), h.more), (5, true));
+        assert_eq!(r.history_after(1, 100).unwrap().events.len(), 1);
+
+        // Past the kept history (2 revisions), old start points are compacted.
+        apply(&mut sm, entry(3, vec![Op::Create(cm("f", "z"))])).await;
+        apply(&mut sm, entry(4, vec![Op::Create(cm("g", "z"))])).await;
+        assert!(matches!(
+            r.history_after(0, 100),
+            Err(HistoryError::Compacted {
+                requested: 0,
+                oldest: 2
+            })
+        ));
+        assert_eq!(r.history_after(2, 100).unwrap().events.len(), 2);
+    }
+}

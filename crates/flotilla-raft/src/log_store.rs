@@ -30,6 +30,14 @@ const KEY_IDENTITY: &str = "identity";
 pub struct LogStore {
     db: Arc<Database>,
     path: Arc<PathBuf>,
+    stats: Arc<AppendStats>,
+}
+
+/// Counters that show group commit at work: entries appended per durable flush.
+#[derive(Default)]
+pub struct AppendStats {
+    pub flushes: std::sync::atomic::AtomicU64,
+    pub entries: std::sync::atomic::AtomicU64,
 }
 
 fn other(path: &Path, e: impl std::fmt::Display) -> io::Error {
@@ -80,6 +88,7 @@ impl LogStore {
         let store = LogStore {
             db: Arc::new(db),
             path: Arc::new(path.to_path_buf()),
+            stats: Arc::new(AppendStats::default()),
         };
         // Decode every stored entry header once: a damaged log is found now, not mid-election.
         store.verify().map_err(|e| StoreError::corrupt(path, e))?;
@@ -127,6 +136,15 @@ impl LogStore {
         })
         .await
         .map_err(|e| other(&self.path, e))?
+    }
+
+    /// (durable flushes, entries appended) since start.
+    pub fn append_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.stats.flushes.load(Relaxed),
+            self.stats.entries.load(Relaxed),
+        )
     }
 
     /// The number of entries currently kept (for metrics).
@@ -222,6 +240,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .map(|e| (e.log_id.index, convert::entry_to_pb(&e).encode_to_vec()))
             .collect();
+        let count = encoded.len() as u64;
         let res = self
             .write(move |txn| {
                 let mut t = txn.open_table(LOG).map_err(|e| e.to_string())?;
@@ -233,6 +252,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await;
         match res {
             Ok(()) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                self.stats.flushes.fetch_add(1, Relaxed);
+                self.stats.entries.fetch_add(count, Relaxed);
                 callback.io_completed(Ok(()));
                 Ok(())
             }

@@ -25,6 +25,8 @@ pub struct Metrics {
     log_entries: Gauge,
     snapshot_index: Gauge,
     snapshots_installed: Gauge,
+    log_flushes: Gauge,
+    log_entries_appended: Gauge,
     is_leader: Gauge,
     watchers: Gauge,
     /// Seconds from proposal to commit-and-apply, on the leader.
@@ -48,6 +50,8 @@ impl Metrics {
             log_entries: Gauge::default(),
             snapshot_index: Gauge::default(),
             snapshots_installed: Gauge::default(),
+            log_flushes: Gauge::default(),
+            log_entries_appended: Gauge::default(),
             is_leader: Gauge::default(),
             watchers: Gauge::default(),
             write_latency: Histogram::new(exponential_buckets(0.0002, 2.0, 18)),
@@ -84,6 +88,16 @@ impl Metrics {
             "Snapshots received from a leader and installed since this server started",
             m.snapshots_installed.clone(),
         );
+        registry.register(
+            "raft_log_flushes",
+            "Durable log flushes (fsync'd appends) since this server started",
+            m.log_flushes.clone(),
+        );
+        registry.register(
+            "raft_log_entries_appended",
+            "Log entries appended since this server started; over flushes: entries per fsync",
+            m.log_entries_appended.clone(),
+        );
         registry.register("raft_is_leader", "1 on the leader", m.is_leader.clone());
         registry.register(
             "watchers",
@@ -114,6 +128,9 @@ impl Metrics {
         self.log_entries
             .set(node.log.entry_count().unwrap_or(0) as i64);
         self.watchers.set(node.reader.watcher_count() as i64);
+        let (flushes, appended) = node.log.append_stats();
+        self.log_flushes.set(flushes as i64);
+        self.log_entries_appended.set(appended as i64);
         self.snapshots_installed
             .set(node.reader.snapshots_installed() as i64);
         let mut out = String::new();

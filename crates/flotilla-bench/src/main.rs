@@ -129,7 +129,12 @@ fn raw_fsync_rate(dir: &std::path::Path) -> anyhow::Result<f64> {
 }
 
 async fn bench_flotilla(args: &Args) -> anyhow::Result<Vec<Run>> {
-    let cluster = Cluster::start(3, Opts::default());
+    // Server defaults where they matter for throughput (snapshot interval as etcd's).
+    let opts = Opts {
+        snapshot_logs_since_last: 100_000,
+        ..Opts::default()
+    };
+    let cluster = Cluster::start(3, opts);
     cluster.wait_leader(Duration::from_secs(30)).await;
     let mut channels = Vec::new();
     for (i, addr) in cluster

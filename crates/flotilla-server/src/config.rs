@@ -47,7 +47,8 @@ impl Default for RaftSettings {
             election_timeout_min_ms: 1000,
             election_timeout_max_ms: 2000,
             heartbeat_interval_ms: 250,
-            snapshot_logs_since_last: 10_000,
+            // etcd's --snapshot-count default: a snapshot re-reads every object, so not too often.
+            snapshot_logs_since_last: 100_000,
             max_in_snapshot_log_to_keep: 1000,
             max_payload_entries: 256,
             install_snapshot_timeout_ms: 30_000,

@@ -327,6 +327,14 @@ impl ObjectApi {
     }
 }
 
+fn required_object(o: Option<Object>) -> Result<Object, ApiError> {
+    o.ok_or_else(|| ApiError::invalid("object", "must be set"))
+}
+
+fn write(op: Op) -> Write {
+    Write { op: Some(op) }
+}
+
 #[tonic::async_trait]
 impl ObjectService for ObjectApi {
     async fn create(
@@ -334,17 +342,8 @@ impl ObjectService for ObjectApi {
         request: Request<CreateRequest>,
     ) -> Result<Response<ObjectResponse>, Status> {
         let f = forwarded(&request);
-        let obj = request
-            .into_inner()
-            .object
-            .ok_or_else(|| ApiError::invalid("object", "must be set"))?;
-        self.single(
-            Write {
-                op: Some(Op::Create(obj)),
-            },
-            f,
-        )
-        .await
+        let obj = required_object(request.into_inner().object)?;
+        self.single(write(Op::Create(obj)), f).await
     }
 
     async fn update(
@@ -352,17 +351,8 @@ impl ObjectService for ObjectApi {
         request: Request<UpdateRequest>,
     ) -> Result<Response<ObjectResponse>, Status> {
         let f = forwarded(&request);
-        let obj = request
-            .into_inner()
-            .object
-            .ok_or_else(|| ApiError::invalid("object", "must be set"))?;
-        self.single(
-            Write {
-                op: Some(Op::Update(obj)),
-            },
-            f,
-        )
-        .await
+        let obj = required_object(request.into_inner().object)?;
+        self.single(write(Op::Update(obj)), f).await
     }
 
     async fn delete(
@@ -370,13 +360,8 @@ impl ObjectService for ObjectApi {
         request: Request<DeleteRequest>,
     ) -> Result<Response<ObjectResponse>, Status> {
         let f = forwarded(&request);
-        self.single(
-            Write {
-                op: Some(Op::Delete(request.into_inner())),
-            },
-            f,
-        )
-        .await
+        self.single(write(Op::Delete(request.into_inner())), f)
+            .await
     }
 
     async fn batch(

@@ -3,7 +3,7 @@
 //! snapshot catch up by snapshot install; the final three agree on every object.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,9 +41,11 @@ async fn three_to_five_to_three_under_write_load() {
 
     // A writer that keeps going through every change.
     let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicUsize::new(0));
     let addrs: Vec<String> = cluster.api_addrs();
     let writer = {
         let stop = stop.clone();
+        let progress = progress.clone();
         tokio::spawn(async move {
             let mut c = flotilla_tests::connect(addrs.clone()).await;
             let mut acked = BTreeMap::new();
@@ -53,6 +55,7 @@ async fn three_to_five_to_three_under_write_load() {
                 match c.create(configmap(&name, &[])).await {
                     Ok(o) => {
                         acked.insert(name, o.meta().resource_version);
+                        progress.fetch_add(1, Ordering::SeqCst);
                     }
                     Err(_) => c = flotilla_tests::connect(addrs.clone()).await,
                 }
@@ -62,6 +65,16 @@ async fn three_to_five_to_three_under_write_load() {
         })
     };
 
+    // The membership changes below happen while the writer is acknowledged writes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while progress.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before_changes = progress.load(Ordering::SeqCst);
     let mut admin = cluster.client().await;
     for id in [4, 5] {
         let s = &cluster.servers[&id];
@@ -100,13 +113,22 @@ async fn three_to_five_to_three_under_write_load() {
         admin.remove(id).await.unwrap();
         cluster.stop(id);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Let the writer show it still makes progress on the final three servers.
+    let after_changes = progress.load(Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while progress.load(Ordering::SeqCst) < after_changes + 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no writes acknowledged after 3 -> 5 -> 3\n{}",
+            cluster.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     stop.store(true, Ordering::SeqCst);
     let acked = writer.await.unwrap();
     assert!(
-        acked.len() > 50,
-        "the writer made too little progress: {}",
-        acked.len()
+        after_changes > before_changes,
+        "no write was acknowledged while membership changed"
     );
 
     cluster.wait_leader(Duration::from_secs(20)).await;

@@ -69,8 +69,11 @@ fn main() -> ExitCode {
         };
         tracing_subscriber::EnvFilter::new(default)
     });
+    // Colours only on a terminal: logs redirected to files stay plain text.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -3,7 +3,7 @@
 //! caller asks for a stale local read; watches are served from local state.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flotilla_api::pb::api::object_service_client::ObjectServiceClient;
 use flotilla_api::pb::api::object_service_server::ObjectService;
@@ -12,20 +12,22 @@ use flotilla_api::pb::api::{
     ListRequest, ListResponse, Object, ObjectKey, ObjectResponse, UpdateRequest, WatchEvent,
     WatchRequest, Write,
 };
-use flotilla_api::pb::raft::{Command, CommandResult};
+use flotilla_api::pb::raft::CommandResult;
 use flotilla_api::selector::Selector;
 use flotilla_api::{validation, ApiError, ErrorCode};
-use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::errors::{LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
 use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::node::Node;
+use crate::proposer::{check_distinct_keys, Proposer};
 use crate::FORWARDED_HEADER;
 
 pub struct ObjectApi {
     node: Arc<Node>,
+    proposer: Proposer,
 }
 
 /// Where a request that needs the leader goes.
@@ -52,8 +54,8 @@ fn mark_forwarded<T>(msg: T, timeout: Duration) -> Request<T> {
 }
 
 impl ObjectApi {
-    pub fn new(node: Arc<Node>) -> Self {
-        ObjectApi { node }
+    pub fn new(node: Arc<Node>, proposer: Proposer) -> Self {
+        ObjectApi { node, proposer }
     }
 
     async fn route(&self, forwarded: bool) -> Result<Route, ApiError> {
@@ -141,33 +143,6 @@ impl ObjectApi {
         Ok(())
     }
 
-    /// Propose on this server, which believes it leads.
-    async fn propose_local(&self, writes: Vec<Write>) -> Result<(CommandResult, u64), ApiError> {
-        let cmd = Command {
-            timestamp_ms: crate::now_ms(),
-            writes,
-        };
-        let started = Instant::now();
-        let timeout = Duration::from_millis(self.node.limits.write_timeout_ms);
-        let res = tokio::time::timeout(timeout, self.node.raft.client_write(cmd)).await;
-        self.node
-            .metrics
-            .write_latency
-            .observe(started.elapsed().as_secs_f64());
-        match res {
-            Err(_) => Err(ApiError::new(
-                ErrorCode::Timeout,
-                format!("the write was not committed within {} ms (write_timeout_ms); it may still be applied", timeout.as_millis()),
-            )),
-            Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                let addr = f.leader_node.as_ref().map(|n| n.api_address.clone());
-                Err(ApiError::not_leader(f.leader_id, addr))
-            }
-            Ok(Err(e)) => Err(ApiError::unavailable(format!("the write was not accepted: {e}"))),
-        }
-    }
-
     /// A read-index round on this server, which believes it leads; afterwards local state
     /// reflects every write acknowledged before the read began.
     async fn linearize_local(&self) -> Result<(), ApiError> {
@@ -239,35 +214,25 @@ impl ObjectApi {
         Err(last.unwrap_or_else(|| ApiError::unavailable("no leader")))
     }
 
+    /// Propose through the coalescing queue. A refusal for want of leadership (nothing was
+    /// proposed) is retried, bounded, once the next leader is known.
     async fn propose(
         &self,
         writes: Vec<Write>,
         was_forwarded: bool,
     ) -> Result<(CommandResult, u64), ApiError> {
-        let timeout = Duration::from_millis(self.node.limits.write_timeout_ms + 1000);
-        let b = self
-            .on_leader(
-                was_forwarded,
-                false,
-                || async {
-                    let (r, rev) = self.propose_local(writes.clone()).await?;
-                    Ok(BatchResponse {
-                        results: r.results,
-                        revision: rev,
-                    })
-                },
-                |mut c| {
-                    let req = mark_forwarded(
-                        BatchRequest {
-                            writes: writes.clone(),
-                        },
-                        timeout,
-                    );
-                    async move { c.batch(req).await }
-                },
-            )
-            .await?;
-        Ok((CommandResult { results: b.results }, b.revision))
+        let mut last = None;
+        for attempt in 0..ROUTE_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
+            }
+            match self.proposer.submit(writes.clone(), was_forwarded).await {
+                Err(e) if e.code() == ErrorCode::NotLeader && !was_forwarded => last = Some(e),
+                Err(e) => return Err(e),
+                Ok((results, revision)) => return Ok((CommandResult { results }, revision)),
+            }
+        }
+        Err(last.unwrap_or_else(|| ApiError::unavailable("no leader")))
     }
 
     async fn single(
@@ -371,7 +336,9 @@ impl ObjectService for ObjectApi {
         let f = forwarded(&request);
         let mut writes = request.into_inner().writes;
         let limit = self.node.limits.max_batch_writes;
-        if writes.len() > limit {
+        // A forwarded batch may be several requests coalesced by the server that received
+        // them, which checked each of them.
+        if !f && writes.len() > limit {
             return Err(ApiError::invalid(
                 "writes",
                 format!(
@@ -390,6 +357,7 @@ impl ObjectService for ObjectApi {
                 self.prepare(Some(i), w)?;
             }
         }
+        check_distinct_keys(&writes)?;
         let (res, revision) = self.propose(writes, f).await?;
         Ok(Response::new(BatchResponse {
             results: res.results,

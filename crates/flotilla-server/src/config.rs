@@ -65,7 +65,13 @@ pub struct Limits {
     pub max_object_bytes: usize,
     /// Largest API request accepted (a batch of writes).
     pub max_request_bytes: usize,
+    /// Writes in one batch request, and in one Raft entry after coalescing.
     pub max_batch_writes: usize,
+    /// Write requests waiting to be coalesced into a proposal; more wait for room.
+    pub proposal_queue_len: usize,
+    /// Proposals (Raft entries, or forwarded batches) in flight at once; while all are busy,
+    /// new requests queue and go out together in the next one.
+    pub max_inflight_proposals: usize,
     /// Largest page a list returns; clients follow continue tokens for more.
     pub max_list_page: usize,
     /// Revisions of watch history kept for resuming watches.
@@ -90,6 +96,8 @@ impl Default for Limits {
             max_object_bytes: flotilla_api::DEFAULT_MAX_OBJECT_BYTES,
             max_request_bytes: 16 * 1024 * 1024,
             max_batch_writes: 1000,
+            proposal_queue_len: 4096,
+            max_inflight_proposals: 4,
             max_list_page: 5000,
             watch_history_revisions: 100_000,
             watch_queue_len: 1024,

@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod metrics;
 pub mod node;
+pub mod proposer;
 pub mod watch;
 
 pub use config::ServerConfig;

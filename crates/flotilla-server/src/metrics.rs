@@ -31,6 +31,8 @@ pub struct Metrics {
     watchers: Gauge,
     /// Seconds from proposal to commit-and-apply, on the leader.
     pub write_latency: Histogram,
+    /// Writes per proposal (one Raft entry, or one forwarded batch) after coalescing.
+    pub proposal_batch_writes: Histogram,
 }
 
 impl Default for Metrics {
@@ -55,6 +57,7 @@ impl Metrics {
             is_leader: Gauge::default(),
             watchers: Gauge::default(),
             write_latency: Histogram::new(exponential_buckets(0.0002, 2.0, 18)),
+            proposal_batch_writes: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             registry: Registry::default(),
         };
         registry.register("raft_term", "Current Raft term", m.term.clone());
@@ -87,6 +90,11 @@ impl Metrics {
             "raft_snapshots_installed",
             "Snapshots received from a leader and installed since this server started",
             m.snapshots_installed.clone(),
+        );
+        registry.register(
+            "proposal_batch_writes",
+            "Writes per proposal after coalescing concurrent requests",
+            m.proposal_batch_writes.clone(),
         );
         registry.register(
             "raft_log_flushes",

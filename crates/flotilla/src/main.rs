@@ -1,6 +1,11 @@
 //! The one Flotilla binary: `flotilla server` runs a control-plane server; every other
 //! subcommand is the kubectl-style CLI talking to a cluster over gRPC.
 
+// glibc malloc showed up as ~25 % of server CPU under write load (fragmentation and
+// trimming); mimalloc keeps per-thread free lists and returns memory lazily.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli;
 mod output;
 

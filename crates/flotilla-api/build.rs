@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let files = [
+        "flotilla/api/v1/core.proto",
+        "flotilla/api/v1/apps.proto",
         "flotilla/api/v1/objects.proto",
         "flotilla/api/v1/object_service.proto",
         "flotilla/admin/v1/cluster.proto",
@@ -16,8 +18,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in &paths {
         println!("cargo:rerun-if-changed={}", p.display());
     }
+    // The descriptor set drives the manifest <-> object conversion (prost-reflect), so the
+    // proto files stay the one schema.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .btree_map(".")
+        .file_descriptor_set_path(out.join("flotilla_descriptor.bin"))
         .compile_protos(&paths, &[root])?;
     Ok(())
 }

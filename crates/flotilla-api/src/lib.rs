@@ -7,7 +7,10 @@
 
 pub mod error;
 pub mod keys;
+pub mod kinds;
 pub mod manifest;
+pub mod quantity;
+pub mod schema;
 pub mod selector;
 pub mod validation;
 

@@ -5,10 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine;
 use serde_json::{json, Map, Value};
 
-use crate::pb::api::{object::Body, ConfigMap, Object, ObjectMeta, OwnerReference};
+use crate::pb::api::{Object, ObjectMeta, OwnerReference};
 use crate::validation;
 
 /// A manifest problem, located by source, document index (0-based) and field path.
@@ -139,77 +138,25 @@ pub fn object_from_value(v: &Value) -> Result<Object, FieldErr> {
         .get("metadata")
         .ok_or_else(|| ferr("metadata", "required field is missing"))?;
     let metadata = meta_from_value(meta_v)?;
-    let body = match kind {
-        "ConfigMap" => {
-            check_unknown(
-                top,
-                "",
-                &[
-                    "apiVersion",
-                    "kind",
-                    "metadata",
-                    "data",
-                    "binaryData",
-                    "immutable",
-                ],
-            )?;
-            let data = top
-                .get("data")
-                .map(|d| string_map(d, "data"))
-                .transpose()?
-                .unwrap_or_default();
-            let mut binary_data = BTreeMap::new();
-            for (k, b64) in top
-                .get("binaryData")
-                .map(|d| string_map(d, "binaryData"))
-                .transpose()?
-                .unwrap_or_default()
-            {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(b64.as_bytes())
-                    .map_err(|e| {
-                        ferr(&format!("binaryData.{k}"), format!("not valid base64: {e}"))
-                    })?;
-                binary_data.insert(k, bytes);
-            }
-            let immutable = match top.get("immutable") {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => *b,
-                Some(other) => {
-                    return Err(ferr(
-                        "immutable",
-                        format!("expected a boolean, got {}", type_name(other)),
-                    ))
-                }
-            };
-            Body::ConfigMap(ConfigMap {
-                data,
-                binary_data,
-                immutable,
-            })
-        }
-        other => {
-            let known: Vec<_> = validation::KINDS.iter().map(|(k, _, _)| *k).collect();
-            return Err(ferr(
-                "kind",
-                format!(
-                    "unsupported kind {other:?}; supported: {}",
-                    known.join(", ")
-                ),
-            ));
-        }
-    };
+    if validation::kind_info(kind).is_none() {
+        let known: Vec<_> = validation::KINDS.iter().map(|(k, _, _)| *k).collect();
+        return Err(ferr(
+            "kind",
+            format!("unsupported kind {kind:?}; supported: {}", known.join(", ")),
+        ));
+    }
+    let mut fields = top.clone();
+    for k in ["apiVersion", "kind", "metadata"] {
+        fields.remove(k);
+    }
+    let body = crate::schema::body_from_json(kind, Value::Object(fields))?;
     let mut obj = Object {
         api_version: api_version.to_string(),
         kind: kind.to_string(),
         metadata: Some(metadata),
         body: Some(body),
     };
-    if let Some((_, namespaced)) = validation::kind_info(kind) {
-        if namespaced && obj.meta().namespace.is_empty() {
-            obj.meta_mut().namespace = "default".to_string();
-        }
-    }
+    crate::kinds::apply_defaults(&mut obj);
     validation::validate_object(&obj).map_err(|e| {
         let msg = e
             .message
@@ -379,26 +326,8 @@ pub fn object_to_value(obj: &Object) -> Value {
     top.insert("apiVersion".into(), json!(obj.api_version));
     top.insert("kind".into(), json!(obj.kind));
     top.insert("metadata".into(), Value::Object(meta));
-    if let Some(Body::ConfigMap(cm)) = &obj.body {
-        if !cm.data.is_empty() {
-            top.insert("data".into(), json!(cm.data));
-        }
-        if !cm.binary_data.is_empty() {
-            let b: BTreeMap<_, _> = cm
-                .binary_data
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        base64::engine::general_purpose::STANDARD.encode(v),
-                    )
-                })
-                .collect();
-            top.insert("binaryData".into(), json!(b));
-        }
-        if cm.immutable {
-            top.insert("immutable".into(), json!(true));
-        }
+    if let Some(body) = &obj.body {
+        top.extend(crate::schema::body_to_json(body));
     }
     Value::Object(top)
 }

@@ -5,7 +5,15 @@ use crate::error::ApiError;
 use crate::pb::api::{object::Body, Object};
 
 /// Kinds the store accepts today, with their apiVersion and whether they are namespaced.
-pub const KINDS: &[(&str, &str, bool)] = &[("ConfigMap", "v1", true)];
+pub const KINDS: &[(&str, &str, bool)] = &[
+    ("ConfigMap", "v1", true),
+    ("Namespace", "v1", false),
+    ("Secret", "v1", true),
+    ("Pod", "v1", true),
+    ("Service", "v1", true),
+    ("Deployment", "apps/v1", true),
+    ("ReplicaSet", "apps/v1", true),
+];
 
 /// The kind a CLI resource name means: `configmap`, `configmaps`, `cm`, `ConfigMap`.
 pub fn resolve_kind(name: &str) -> Option<&'static str> {
@@ -13,6 +21,12 @@ pub fn resolve_kind(name: &str) -> Option<&'static str> {
     let n = n.split('.').next().unwrap_or("");
     match n {
         "configmap" | "configmaps" | "cm" => Some("ConfigMap"),
+        "namespace" | "namespaces" | "ns" => Some("Namespace"),
+        "secret" | "secrets" => Some("Secret"),
+        "pod" | "pods" | "po" => Some("Pod"),
+        "service" | "services" | "svc" => Some("Service"),
+        "deployment" | "deployments" | "deploy" => Some("Deployment"),
+        "replicaset" | "replicasets" | "rs" => Some("ReplicaSet"),
         _ => None,
     }
 }
@@ -113,7 +127,7 @@ fn qualified_chars(s: &str) -> bool {
 }
 
 /// ConfigMap data keys: [-._a-zA-Z0-9]+, at most 253 characters.
-fn check_config_key(field: &str, key: &str) -> Result<(), ApiError> {
+pub fn check_config_key(field: &str, key: &str) -> Result<(), ApiError> {
     if key.is_empty()
         || key.len() > 253
         || !key
@@ -172,7 +186,7 @@ pub fn validate_object(obj: &Object) -> Result<(), ApiError> {
     for k in meta.annotations.keys() {
         check_label_key(&format!("metadata.annotations[{k}]"), k)?;
     }
-    match &obj.body {
+    let body_kind = match &obj.body {
         Some(Body::ConfigMap(cm)) => {
             for k in cm.data.keys() {
                 check_config_key(&format!("data[{k}]"), k)?;
@@ -186,14 +200,31 @@ pub fn validate_object(obj: &Object) -> Result<(), ApiError> {
                     ));
                 }
             }
+            "ConfigMap"
         }
+        Some(Body::Namespace(_)) => "Namespace",
+        Some(Body::Secret(_)) => "Secret",
+        Some(Body::Pod(_)) => "Pod",
+        Some(Body::Service(_)) => "Service",
+        Some(Body::Deployment(_)) => "Deployment",
+        Some(Body::ReplicaSet(_)) => "ReplicaSet",
         None => {
             return Err(ApiError::invalid(
                 "kind",
                 format!("{} object carries no {} body", obj.kind, obj.kind),
             ))
         }
+    };
+    if body_kind != obj.kind {
+        return Err(ApiError::invalid(
+            "kind",
+            format!(
+                "kind {} does not match the object's {body_kind} body",
+                obj.kind
+            ),
+        ));
     }
+    crate::kinds::validate_body(obj)?;
     Ok(())
 }
 

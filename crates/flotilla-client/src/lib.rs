@@ -367,7 +367,9 @@ impl Client {
                 Err(e) => return Err(e),
                 Ok((current, _)) => {
                     let (cm, om) = (current.meta(), object.meta());
-                    if current.body == object.body
+                    // Status is the controllers' and never part of a manifest's intent.
+                    if flotilla_api::kinds::without_status(&current.body)
+                        == flotilla_api::kinds::without_status(&object.body)
                         && cm.labels == om.labels
                         && cm.annotations == om.annotations
                         && cm.finalizers == om.finalizers

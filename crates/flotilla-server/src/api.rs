@@ -101,6 +101,7 @@ impl ObjectApi {
         };
         match w.op.as_mut() {
             Some(Op::Create(o)) => {
+                flotilla_api::kinds::apply_defaults(o);
                 validation::validate_object(o).map_err(|e| relabel(e, "create"))?;
                 let m = o.meta_mut();
                 m.uid = uuid::Uuid::new_v4().to_string();
@@ -111,6 +112,7 @@ impl ObjectApi {
                 self.check_size(o)
             }
             Some(Op::Update(o)) => {
+                flotilla_api::kinds::apply_defaults(o);
                 validation::validate_object(o).map_err(|e| relabel(e, "update"))?;
                 self.check_size(o)
             }

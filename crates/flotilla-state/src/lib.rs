@@ -111,6 +111,8 @@ fn create<T: ObjectTable>(
         )));
     }
     let mut o = obj.clone();
+    // Status belongs to the controllers: a create starts without one.
+    o.body = flotilla_api::kinds::without_status(&o.body);
     let m = o.meta_mut();
     if m.uid.is_empty() {
         // The proposer stamps a random uid; this fallback keeps apply deterministic regardless.
@@ -173,12 +175,15 @@ fn update<T: ObjectTable>(
             )));
         }
     }
-    if !user_fields_differ(&stored, obj) {
+    // The status subresource: a write of the object never changes its status.
+    let mut o = obj.clone();
+    flotilla_api::kinds::keep_status(&mut o.body, &stored.body);
+    if !user_fields_differ(&stored, &o) {
         return Ok(Ok(stored));
     }
-    let mut o = obj.clone();
     let sm = stored.meta();
-    let body_changed = stored.body != obj.body;
+    // generation counts changes of the desired state (spec), never of status or metadata.
+    let body_changed = stored.body != o.body;
     let m = o.meta_mut();
     m.uid = sm.uid.clone();
     m.creation_timestamp_ms = sm.creation_timestamp_ms;
@@ -442,5 +447,54 @@ mod tests {
         }
         let r = apply_command(&mut t, 2, &cmd(vec![Op::Update(o)])).unwrap();
         assert_eq!(err(&r.results[0]), ErrorCode::InvalidArgument);
+    }
+
+    fn deployment(replicas: i32, image: &str) -> Object {
+        let text = format!("apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers: [{{name: c, image: {image}}}]\n");
+        flotilla_api::manifest::parse_manifests("d", &text)
+            .unwrap()
+            .remove(0)
+            .object
+    }
+
+    #[test]
+    fn spec_writes_keep_status_and_generation_counts_spec_changes_only() {
+        use flotilla_api::pb::api::DeploymentStatus;
+        let mut t = BTreeMap::new();
+        let r = apply_command(&mut t, 1, &cmd(vec![Op::Create(deployment(2, "nginx:1"))])).unwrap();
+        assert_eq!(ok(&r.results[0]).meta().generation, 1);
+
+        // Metadata only (a label): no generation bump.
+        let mut o = deployment(2, "nginx:1");
+        o.meta_mut().labels.insert("team".into(), "a".into());
+        let r = apply_command(&mut t, 2, &cmd(vec![Op::Update(o)])).unwrap();
+        assert_eq!(ok(&r.results[0]).meta().generation, 1);
+
+        // A status carried by a spec write is ignored: status is not the writer's to change.
+        let mut o = deployment(2, "nginx:1");
+        o.meta_mut().labels.insert("team".into(), "a".into());
+        if let Some(Body::Deployment(d)) = &mut o.body {
+            d.status = Some(DeploymentStatus {
+                ready_replicas: 7,
+                ..Default::default()
+            });
+        }
+        let r = apply_command(&mut t, 3, &cmd(vec![Op::Update(o)])).unwrap();
+        let stored = ok(&r.results[0]);
+        assert_eq!(
+            stored.meta().resource_version,
+            2,
+            "unchanged: nothing written"
+        );
+        let Some(Body::Deployment(d)) = &stored.body else {
+            panic!()
+        };
+        assert_eq!(d.status, None);
+
+        // A spec change bumps generation.
+        let mut o = deployment(3, "nginx:2");
+        o.meta_mut().labels.insert("team".into(), "a".into());
+        let r = apply_command(&mut t, 4, &cmd(vec![Op::Update(o)])).unwrap();
+        assert_eq!(ok(&r.results[0]).meta().generation, 2);
     }
 }

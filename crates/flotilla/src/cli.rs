@@ -186,21 +186,35 @@ pub async fn apply(conn: &Conn, files: &[String]) -> anyhow::Result<()> {
     let objects = read_manifests(files)?;
     let mut c = conn.client().await?;
     for m in objects {
-        let kind = m.object.kind.to_ascii_lowercase();
-        let name = m.object.meta().name.clone();
+        let what = output::name_of(&m.object);
         let (outcome, _) = c
             .apply(m.object)
             .await
-            .with_context(|| format!("applying {kind}/{name}"))?;
-        println!("{kind}/{name} {outcome}");
+            .with_context(|| format!("applying {what}"))?;
+        println!("{what} {outcome}");
     }
     Ok(())
 }
 
 fn kind_of(resource: &str) -> anyhow::Result<&'static str> {
     validation::resolve_kind(resource).ok_or_else(|| {
-        anyhow!("the server doesn't have a resource type {resource:?} (known: configmaps)")
+        let known: Vec<String> = validation::KINDS
+            .iter()
+            .map(|(k, _, _)| format!("{}s", k.to_ascii_lowercase()))
+            .collect();
+        anyhow!(
+            "the server doesn't have a resource type {resource:?} (known: {})",
+            known.join(", ")
+        )
     })
+}
+
+/// The namespace a request for `kind` uses: none for cluster-scoped kinds.
+fn ns_for(kind: &str, ns: &str) -> String {
+    match validation::kind_info(kind) {
+        Some((_, false)) => String::new(),
+        _ => ns.to_string(),
+    }
 }
 
 pub async fn get(conn: &Conn, a: GetArgs) -> anyhow::Result<()> {
@@ -208,7 +222,7 @@ pub async fn get(conn: &Conn, a: GetArgs) -> anyhow::Result<()> {
     let ns = if a.all_namespaces {
         String::new()
     } else {
-        a.namespace.clone()
+        ns_for(kind, &a.namespace)
     };
     let selector = a.selector.clone().unwrap_or_default();
     let mut c = conn.client().await?;
@@ -216,7 +230,7 @@ pub async fn get(conn: &Conn, a: GetArgs) -> anyhow::Result<()> {
         Some(name) => {
             let key = ObjectKey {
                 kind: kind.into(),
-                namespace: a.namespace.clone(),
+                namespace: ns_for(kind, &a.namespace),
                 name: name.clone(),
             };
             let (o, rev) = c.get(key, a.stale).await?;
@@ -295,7 +309,7 @@ pub async fn delete(conn: &Conn, a: DeleteArgs) -> anyhow::Result<()> {
     let mut c = conn.client().await?;
     let key = ObjectKey {
         kind: kind.into(),
-        namespace: a.namespace.clone(),
+        namespace: ns_for(kind, &a.namespace),
         name: a.name.clone(),
     };
     let o = c
@@ -312,11 +326,9 @@ pub async fn delete(conn: &Conn, a: DeleteArgs) -> anyhow::Result<()> {
             o.meta().finalizers.join(", ")
         );
     } else {
-        println!(
-            "{} \"{}\" deleted",
-            o.kind.to_ascii_lowercase(),
-            o.meta().name
-        );
+        let what = output::name_of(&o);
+        let (resource, name) = what.split_once('/').unwrap_or((&what, ""));
+        println!("{resource} \"{name}\" deleted");
     }
     Ok(())
 }

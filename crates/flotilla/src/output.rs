@@ -25,9 +25,135 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// `configmap/name`, as `-o name` prints.
+/// `configmap/name`, `deployment.apps/name`, as `-o name` and `apply` print.
 pub fn name_of(o: &Object) -> String {
-    format!("{}/{}", o.kind.to_ascii_lowercase(), o.meta().name)
+    let kind = o.kind.to_ascii_lowercase();
+    match o.api_version.split_once('/') {
+        Some((group, _)) => format!("{kind}.{group}/{}", o.meta().name),
+        None => format!("{kind}/{}", o.meta().name),
+    }
+}
+
+fn or_none(s: &str) -> String {
+    if s.is_empty() {
+        "<none>".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// kubectl's columns for a kind (after NAMESPACE and NAME, before AGE) and one row of them.
+fn kind_columns(kind: &str) -> Vec<&'static str> {
+    match kind {
+        "ConfigMap" => vec!["DATA"],
+        "Secret" => vec!["TYPE", "DATA"],
+        "Namespace" => vec!["STATUS"],
+        "Pod" => vec!["READY", "STATUS", "RESTARTS"],
+        "Service" => vec!["TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"],
+        "Deployment" => vec!["READY", "UP-TO-DATE", "AVAILABLE"],
+        "ReplicaSet" => vec!["DESIRED", "CURRENT", "READY"],
+        _ => vec![],
+    }
+}
+
+fn kind_cells(o: &Object) -> Vec<String> {
+    match &o.body {
+        Some(Body::ConfigMap(c)) => vec![(c.data.len() + c.binary_data.len()).to_string()],
+        // Never the values: only the type and how many keys.
+        Some(Body::Secret(s)) => vec![s.r#type.clone(), s.data.len().to_string()],
+        Some(Body::Namespace(n)) => {
+            let phase = n.status.as_ref().map(|s| s.phase.as_str()).unwrap_or("");
+            vec![if phase.is_empty() {
+                "Active".into()
+            } else {
+                phase.to_string()
+            }]
+        }
+        Some(Body::Pod(p)) => {
+            let total = p.spec.as_ref().map(|s| s.containers.len()).unwrap_or(0);
+            let st = p.status.clone().unwrap_or_default();
+            let ready = st.container_statuses.iter().filter(|c| c.ready).count();
+            let restarts: i32 = st.container_statuses.iter().map(|c| c.restart_count).sum();
+            // A waiting or terminated container's reason says more than the phase.
+            let reason = st
+                .container_statuses
+                .iter()
+                .filter_map(|c| c.state.as_ref())
+                .find_map(|s| {
+                    s.waiting
+                        .as_ref()
+                        .map(|w| w.reason.clone())
+                        .or_else(|| s.terminated.as_ref().map(|t| t.reason.clone()))
+                })
+                .filter(|r| !r.is_empty());
+            let status = if o.meta().deletion_timestamp_ms.is_some() {
+                "Terminating".to_string()
+            } else if let Some(r) = reason {
+                r
+            } else if st.phase.is_empty() {
+                "Pending".into()
+            } else {
+                st.phase.clone()
+            };
+            vec![format!("{ready}/{total}"), status, restarts.to_string()]
+        }
+        Some(Body::Service(s)) => {
+            let spec = s.spec.clone().unwrap_or_default();
+            let ports: Vec<String> = spec
+                .ports
+                .iter()
+                .map(|p| {
+                    if p.node_port != 0 {
+                        format!("{}:{}/{}", p.port, p.node_port, p.protocol)
+                    } else {
+                        format!("{}/{}", p.port, p.protocol)
+                    }
+                })
+                .collect();
+            let external = s
+                .status
+                .as_ref()
+                .and_then(|st| st.load_balancer.as_ref())
+                .map(|lb| {
+                    lb.ingress
+                        .iter()
+                        .map(|i| i.ip.clone())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            let external = if external.is_empty() {
+                spec.external_ips.join(",")
+            } else {
+                external
+            };
+            vec![
+                spec.r#type.clone(),
+                or_none(&spec.cluster_ip),
+                or_none(&external),
+                or_none(&ports.join(",")),
+            ]
+        }
+        Some(Body::Deployment(d)) => {
+            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let st = d.status.clone().unwrap_or_default();
+            vec![
+                format!("{}/{}", st.ready_replicas, want),
+                st.updated_replicas.to_string(),
+                st.available_replicas.to_string(),
+            ]
+        }
+        Some(Body::ReplicaSet(r)) => {
+            let want = r.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let st = r.status.clone().unwrap_or_default();
+            vec![
+                want.to_string(),
+                st.replicas.to_string(),
+                st.ready_replicas.to_string(),
+            ]
+        }
+        None => vec![],
+    }
 }
 
 fn new_table(headers: Vec<&str>) -> Table {
@@ -49,30 +175,27 @@ fn render(t: &Table, header: bool) -> String {
     out
 }
 
-/// NAME DATA AGE for config maps (NAMESPACE first with -A).
+/// kubectl's table for objects of one kind: NAMESPACE (with -A), NAME, the kind's columns, AGE.
 pub fn table(objects: &[Object], with_namespace: bool, header: bool) -> String {
+    let kind = objects.first().map(|o| o.kind.as_str()).unwrap_or("");
     let mut headers = vec![];
     if with_namespace {
         headers.push("NAMESPACE");
     }
-    headers.extend(["NAME", "DATA", "AGE"]);
+    headers.push("NAME");
+    headers.extend(kind_columns(kind));
+    headers.push("AGE");
     let mut t = new_table(headers);
     let now = now_ms();
     for o in objects {
         let m = o.meta();
-        let data = match &o.body {
-            Some(Body::ConfigMap(c)) => c.data.len() + c.binary_data.len(),
-            None => 0,
-        };
         let mut row = vec![];
         if with_namespace {
             row.push(m.namespace.clone());
         }
-        row.extend([
-            m.name.clone(),
-            data.to_string(),
-            age(m.creation_timestamp_ms, now),
-        ]);
+        row.push(m.name.clone());
+        row.extend(kind_cells(o));
+        row.push(age(m.creation_timestamp_ms, now));
         t.add_row(row);
     }
     for c in t.column_iter_mut() {

@@ -50,8 +50,13 @@ for _ in $(seq 1 100); do
 done
 "$bin" cluster status
 echo
-"$bin" apply -f cluster-configs/examples/configmaps.yaml
+for f in cluster-configs/examples/*.yaml; do
+    "$bin" apply -f "$f"
+done
 "$bin" get configmaps -l app=game
+echo
+"$bin" get deployments
+"$bin" get pods
 echo
 "$bin" get configmap game-demo -o yaml
 echo

@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "flotilla/api/v1/core.proto",
         "flotilla/api/v1/apps.proto",
+        "flotilla/api/v1/batch.proto",
         "flotilla/api/v1/objects.proto",
         "flotilla/api/v1/object_service.proto",
         "flotilla/admin/v1/cluster.proto",

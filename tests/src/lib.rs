@@ -438,8 +438,21 @@ pub fn cm_key(name: &str) -> flotilla_api::ObjectKey {
 
 /// Run the flotilla CLI; returns (exit success, stdout, stderr).
 pub fn cli(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    cli_without_env(args, stdin, &[])
+}
+
+/// [`cli`] with some environment variables removed (FLOTILLA_SERVER, to test the config file).
+pub fn cli_without_env(
+    args: &[&str],
+    stdin: Option<&str>,
+    unset: &[&str],
+) -> (bool, String, String) {
     use std::io::Write;
-    let mut child = Command::new(flotilla_bin())
+    let mut cmd = Command::new(flotilla_bin());
+    for v in unset {
+        cmd.env_remove(v);
+    }
+    let mut child = cmd
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()

@@ -62,6 +62,7 @@ impl ApiError {
             ErrorCode::Compacted => tonic::Code::OutOfRange,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
             ErrorCode::Timeout => tonic::Code::DeadlineExceeded,
+            ErrorCode::Forbidden => tonic::Code::PermissionDenied,
             ErrorCode::Internal | ErrorCode::Unspecified => tonic::Code::Internal,
         }
     }
@@ -88,6 +89,7 @@ impl ApiError {
             tonic::Code::InvalidArgument => ErrorCode::InvalidArgument,
             tonic::Code::ResourceExhausted => ErrorCode::TooLarge,
             tonic::Code::DeadlineExceeded => ErrorCode::Timeout,
+            tonic::Code::PermissionDenied => ErrorCode::Forbidden,
             tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
                 ErrorCode::Unavailable
             }

@@ -23,6 +23,12 @@ pub fn without_status(body: &Option<Body>) -> Option<Body> {
         Some(Body::Service(x)) => x.status = None,
         Some(Body::Deployment(x)) => x.status = None,
         Some(Body::ReplicaSet(x)) => x.status = None,
+        Some(Body::DaemonSet(x)) => x.status = None,
+        Some(Body::StatefulSet(x)) => x.status = None,
+        Some(Body::Job(x)) => x.status = None,
+        Some(Body::CronJob(x)) => x.status = None,
+        Some(Body::Node(x)) => x.status = None,
+        Some(Body::HorizontalPodAutoscaler(x)) => x.status = None,
         _ => {}
     }
     b
@@ -36,6 +42,14 @@ pub fn keep_status(to: &mut Option<Body>, from: &Option<Body>) {
         (Some(Body::Service(t)), Some(Body::Service(f))) => t.status = f.status.clone(),
         (Some(Body::Deployment(t)), Some(Body::Deployment(f))) => t.status = f.status.clone(),
         (Some(Body::ReplicaSet(t)), Some(Body::ReplicaSet(f))) => t.status = f.status.clone(),
+        (Some(Body::DaemonSet(t)), Some(Body::DaemonSet(f))) => t.status = f.status,
+        (Some(Body::StatefulSet(t)), Some(Body::StatefulSet(f))) => t.status = f.status.clone(),
+        (Some(Body::Job(t)), Some(Body::Job(f))) => t.status = f.status.clone(),
+        (Some(Body::CronJob(t)), Some(Body::CronJob(f))) => t.status = f.status.clone(),
+        (Some(Body::Node(t)), Some(Body::Node(f))) => t.status = f.status.clone(),
+        (Some(Body::HorizontalPodAutoscaler(t)), Some(Body::HorizontalPodAutoscaler(f))) => {
+            t.status = f.status.clone()
+        }
         _ => {}
     }
 }
@@ -107,7 +121,97 @@ pub fn apply_defaults(obj: &mut Object) {
             spec.replicas.get_or_insert(1);
             default_template(&mut spec.template);
         }
+        Some(Body::DaemonSet(d)) => {
+            let spec = d.spec.get_or_insert_with(Default::default);
+            spec.revision_history_limit.get_or_insert(10);
+            let st = spec.update_strategy.get_or_insert_with(Default::default);
+            if st.r#type.is_empty() {
+                st.r#type = "RollingUpdate".into();
+            }
+            if st.r#type == "RollingUpdate" {
+                let ru = st.rolling_update.get_or_insert_with(Default::default);
+                if ru.max_unavailable.is_empty() {
+                    ru.max_unavailable = "1".into();
+                }
+                if ru.max_surge.is_empty() {
+                    ru.max_surge = "0".into();
+                }
+            }
+            default_template(&mut spec.template);
+        }
+        Some(Body::StatefulSet(x)) => {
+            let spec = x.spec.get_or_insert_with(Default::default);
+            spec.replicas.get_or_insert(1);
+            spec.revision_history_limit.get_or_insert(10);
+            if spec.pod_management_policy.is_empty() {
+                spec.pod_management_policy = "OrderedReady".into();
+            }
+            let st = spec.update_strategy.get_or_insert_with(Default::default);
+            if st.r#type.is_empty() {
+                st.r#type = "RollingUpdate".into();
+            }
+            if st.r#type == "RollingUpdate" {
+                st.rolling_update
+                    .get_or_insert_with(Default::default)
+                    .partition
+                    .get_or_insert(0);
+            }
+            default_template(&mut spec.template);
+        }
+        Some(Body::Job(j)) => default_job_spec(j.spec.get_or_insert_with(Default::default)),
+        Some(Body::CronJob(c)) => {
+            let spec = c.spec.get_or_insert_with(Default::default);
+            if spec.concurrency_policy.is_empty() {
+                spec.concurrency_policy = "Allow".into();
+            }
+            spec.suspend.get_or_insert(false);
+            spec.successful_jobs_history_limit.get_or_insert(3);
+            spec.failed_jobs_history_limit.get_or_insert(1);
+            if let Some(js) = spec.job_template.as_mut().and_then(|t| t.spec.as_mut()) {
+                default_job_spec(js);
+            }
+        }
+        Some(Body::Endpoints(e)) => {
+            for p in e.subsets.iter_mut().flat_map(|s| s.ports.iter_mut()) {
+                if p.protocol.is_empty() {
+                    p.protocol = "TCP".into();
+                }
+            }
+        }
+        Some(Body::Event(e)) => {
+            if e.r#type.is_empty() {
+                e.r#type = "Normal".into();
+            }
+            if e.count == 0 {
+                e.count = 1;
+            }
+        }
+        Some(Body::HorizontalPodAutoscaler(h)) => {
+            h.spec
+                .get_or_insert_with(Default::default)
+                .min_replicas
+                .get_or_insert(1);
+        }
         _ => {}
+    }
+}
+
+/// A Job's pods never restart in place forever: its template keeps the user's restartPolicy
+/// (OnFailure or Never, checked by validation) instead of the pod default `Always`.
+fn default_job_spec(spec: &mut crate::pb::api::JobSpec) {
+    if spec.completions.is_none() && spec.parallelism.is_none() {
+        spec.completions = Some(1);
+    }
+    spec.parallelism.get_or_insert(1);
+    spec.backoff_limit.get_or_insert(6);
+    spec.suspend.get_or_insert(false);
+    if spec.completion_mode.is_empty() {
+        spec.completion_mode = "NonIndexed".into();
+    }
+    if let Some(ps) = spec.template.as_mut().and_then(|t| t.spec.as_mut()) {
+        let policy = std::mem::take(&mut ps.restart_policy);
+        default_pod_spec(ps);
+        ps.restart_policy = policy;
     }
 }
 
@@ -285,8 +389,346 @@ pub fn validate_body(obj: &Object) -> Result<(), ApiError> {
             check_replicas("spec.replicas", spec.replicas)?;
             validate_selected_template(spec.selector.as_ref(), spec.template.as_ref())
         }
+        Some(Body::DaemonSet(d)) => {
+            let Some(spec) = &d.spec else {
+                return Err(inv("spec", "required field is missing"));
+            };
+            validate_selected_template(spec.selector.as_ref(), spec.template.as_ref())?;
+            if let Some(st) = &spec.update_strategy {
+                if !["", "RollingUpdate", "OnDelete"].contains(&st.r#type.as_str()) {
+                    return Err(inv("spec.updateStrategy.type", format!("unsupported value {:?}: supported values: \"OnDelete\", \"RollingUpdate\"", st.r#type)));
+                }
+                if let Some(ru) = &st.rolling_update {
+                    check_int_or_percent(
+                        "spec.updateStrategy.rollingUpdate.maxUnavailable",
+                        &ru.max_unavailable,
+                    )?;
+                    check_int_or_percent(
+                        "spec.updateStrategy.rollingUpdate.maxSurge",
+                        &ru.max_surge,
+                    )?;
+                }
+            }
+            Ok(())
+        }
+        Some(Body::StatefulSet(x)) => {
+            let Some(spec) = &x.spec else {
+                return Err(inv("spec", "required field is missing"));
+            };
+            check_replicas("spec.replicas", spec.replicas)?;
+            if !["", "OrderedReady", "Parallel"].contains(&spec.pod_management_policy.as_str()) {
+                return Err(inv(
+                    "spec.podManagementPolicy",
+                    format!(
+                        "unsupported value {:?}: supported values: \"OrderedReady\", \"Parallel\"",
+                        spec.pod_management_policy
+                    ),
+                ));
+            }
+            if !spec.service_name.is_empty() {
+                check_dns1123_label("spec.serviceName", &spec.service_name)?;
+            }
+            validate_selected_template(spec.selector.as_ref(), spec.template.as_ref())
+        }
+        Some(Body::Job(j)) => match &j.spec {
+            Some(spec) => validate_job_spec("spec", spec),
+            None => Err(inv("spec", "required field is missing")),
+        },
+        Some(Body::CronJob(c)) => {
+            let Some(spec) = &c.spec else {
+                return Err(inv("spec", "required field is missing"));
+            };
+            check_cron("spec.schedule", &spec.schedule)?;
+            if !["", "Allow", "Forbid", "Replace"].contains(&spec.concurrency_policy.as_str()) {
+                return Err(inv("spec.concurrencyPolicy", format!("unsupported value {:?}: supported values: \"Allow\", \"Forbid\", \"Replace\"", spec.concurrency_policy)));
+            }
+            if let Some(tz) = &spec.time_zone {
+                let ok = !tz.is_empty()
+                    && tz.len() <= 64
+                    && tz
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c));
+                if !ok {
+                    return Err(inv("spec.timeZone", format!("unknown time zone {tz:?}")));
+                }
+            }
+            for (f, v) in [
+                (
+                    "successfulJobsHistoryLimit",
+                    spec.successful_jobs_history_limit,
+                ),
+                ("failedJobsHistoryLimit", spec.failed_jobs_history_limit),
+            ] {
+                if v.is_some_and(|v| v < 0) {
+                    return Err(inv(
+                        &format!("spec.{f}"),
+                        "must be greater than or equal to 0",
+                    ));
+                }
+            }
+            match spec.job_template.as_ref().and_then(|t| t.spec.as_ref()) {
+                Some(js) => validate_job_spec("spec.jobTemplate.spec", js),
+                None => Err(inv("spec.jobTemplate.spec", "required field is missing")),
+            }
+        }
+        Some(Body::Endpoints(e)) => {
+            for (i, s) in e.subsets.iter().enumerate() {
+                for (f, list) in [
+                    ("addresses", &s.addresses),
+                    ("notReadyAddresses", &s.not_ready_addresses),
+                ] {
+                    for (j, a) in list.iter().enumerate() {
+                        if a.ip.parse::<std::net::IpAddr>().is_err() {
+                            return Err(inv(
+                                &format!("subsets[{i}].{f}[{j}].ip"),
+                                format!("must be a valid IP address, got {:?}", a.ip),
+                            ));
+                        }
+                    }
+                }
+                for (j, p) in s.ports.iter().enumerate() {
+                    check_port(&format!("subsets[{i}].ports[{j}].port"), p.port)?;
+                    check_protocol(&format!("subsets[{i}].ports[{j}].protocol"), &p.protocol)?;
+                }
+            }
+            Ok(())
+        }
+        Some(Body::Node(n)) => {
+            if let Some(spec) = &n.spec {
+                for (i, t) in spec.taints.iter().enumerate() {
+                    check_label_key(&format!("spec.taints[{i}].key"), &t.key)?;
+                    check_label_value(&format!("spec.taints[{i}].value"), &t.value)?;
+                    if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&t.effect.as_str())
+                    {
+                        return Err(inv(&format!("spec.taints[{i}].effect"), format!("unsupported value {:?}: supported values: \"NoSchedule\", \"PreferNoSchedule\", \"NoExecute\"", t.effect)));
+                    }
+                }
+            }
+            if let Some(st) = &n.status {
+                check_quantities("status.capacity", &st.capacity)?;
+                check_quantities("status.allocatable", &st.allocatable)?;
+            }
+            Ok(())
+        }
+        Some(Body::Lease(l)) => {
+            if let Some(d) = l.spec.as_ref().and_then(|s| s.lease_duration_seconds) {
+                if d <= 0 {
+                    return Err(inv("spec.leaseDurationSeconds", "must be greater than 0"));
+                }
+            }
+            Ok(())
+        }
+        Some(Body::Event(e)) => {
+            let Some(o) = e
+                .involved_object
+                .as_ref()
+                .filter(|o| !o.kind.is_empty() && !o.name.is_empty())
+            else {
+                return Err(inv("involvedObject", "kind and name are required"));
+            };
+            let _ = o;
+            if !["", "Normal", "Warning"].contains(&e.r#type.as_str()) {
+                return Err(inv(
+                    "type",
+                    format!(
+                        "unsupported value {:?}: supported values: \"Normal\", \"Warning\"",
+                        e.r#type
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Some(Body::HorizontalPodAutoscaler(h)) => {
+            let Some(spec) = &h.spec else {
+                return Err(inv("spec", "required field is missing"));
+            };
+            match &spec.scale_target_ref {
+                Some(r) if !r.kind.is_empty() && !r.name.is_empty() => {}
+                _ => return Err(inv("spec.scaleTargetRef", "kind and name are required")),
+            }
+            if spec.max_replicas < 1 {
+                return Err(inv(
+                    "spec.maxReplicas",
+                    "must be greater than or equal to 1",
+                ));
+            }
+            if let Some(min) = spec.min_replicas {
+                if min < 1 || min > spec.max_replicas {
+                    return Err(inv(
+                        "spec.minReplicas",
+                        format!("must be between 1 and maxReplicas ({})", spec.max_replicas),
+                    ));
+                }
+            }
+            for (i, m) in spec.metrics.iter().enumerate() {
+                if m.r#type != "Resource" {
+                    return Err(inv(
+                        &format!("spec.metrics[{i}].type"),
+                        format!(
+                            "unsupported value {:?}: supported values: \"Resource\"",
+                            m.r#type
+                        ),
+                    ));
+                }
+                let Some(r) = &m.resource else {
+                    return Err(inv(
+                        &format!("spec.metrics[{i}].resource"),
+                        "required field is missing",
+                    ));
+                };
+                if r.name.is_empty() {
+                    return Err(inv(
+                        &format!("spec.metrics[{i}].resource.name"),
+                        "required field is missing",
+                    ));
+                }
+                if let Some(t) = &r.target {
+                    for (f, v) in [("value", &t.value), ("averageValue", &t.average_value)] {
+                        if !v.is_empty() {
+                            Quantity::parse(v).map_err(|e| {
+                                inv(&format!("spec.metrics[{i}].resource.target.{f}"), e)
+                            })?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
         Some(Body::ConfigMap(_)) | None => Ok(()),
     }
+}
+
+fn validate_job_spec(path: &str, spec: &crate::pb::api::JobSpec) -> Result<(), ApiError> {
+    for (f, v) in [
+        ("parallelism", spec.parallelism),
+        ("completions", spec.completions),
+        ("backoffLimit", spec.backoff_limit),
+    ] {
+        if v.is_some_and(|v| v < 0) {
+            return Err(inv(
+                &format!("{path}.{f}"),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    if spec.active_deadline_seconds.is_some_and(|v| v <= 0) {
+        return Err(inv(
+            &format!("{path}.activeDeadlineSeconds"),
+            "must be greater than 0",
+        ));
+    }
+    if !["", "NonIndexed", "Indexed"].contains(&spec.completion_mode.as_str()) {
+        return Err(inv(
+            &format!("{path}.completionMode"),
+            format!("unsupported value {:?}", spec.completion_mode),
+        ));
+    }
+    let Some(t) = &spec.template else {
+        return Err(inv(
+            &format!("{path}.template"),
+            "required field is missing",
+        ));
+    };
+    let Some(ps) = &t.spec else {
+        return Err(inv(
+            &format!("{path}.template.spec"),
+            "required field is missing",
+        ));
+    };
+    if !["OnFailure", "Never"].contains(&ps.restart_policy.as_str()) {
+        return Err(inv(
+            &format!("{path}.template.spec.restartPolicy"),
+            format!(
+                "unsupported value {:?}: supported values: \"OnFailure\", \"Never\"",
+                ps.restart_policy
+            ),
+        ));
+    }
+    if let Some(sel) = &spec.selector {
+        let labels = t
+            .metadata
+            .as_ref()
+            .map(|m| m.labels.clone())
+            .unwrap_or_default();
+        if !selector_matches(sel, &labels)? {
+            return Err(inv(
+                &format!("{path}.template.metadata.labels"),
+                "`selector` does not match template `labels`",
+            ));
+        }
+    }
+    validate_pod_spec(&format!("{path}.template.spec"), ps)
+}
+
+/// A standard five-field cron schedule (minute hour day-of-month month day-of-week) with
+/// `*`, lists, ranges, steps and month/weekday names, or a macro such as `@hourly`.
+pub fn check_cron(path: &str, expr: &str) -> Result<(), ApiError> {
+    let e = expr.trim();
+    if e.is_empty() {
+        return Err(inv(path, "required field is missing"));
+    }
+    if e.starts_with('@') {
+        return match e {
+            "@yearly" | "@annually" | "@monthly" | "@weekly" | "@daily" | "@midnight"
+            | "@hourly" => Ok(()),
+            _ => Err(inv(path, format!("unrecognized descriptor {e:?}"))),
+        };
+    }
+    let fields: Vec<&str> = e.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(inv(path, format!("expected exactly 5 fields (minute hour day-of-month month day-of-week), found {}: {e:?}", fields.len())));
+    }
+    const MONTHS: &[&str] = &[
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
+    const DAYS: &[&str] = &["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+    let specs: [(&str, u32, u32, &[&str], u32); 5] = [
+        ("minute", 0, 59, &[], 0),
+        ("hour", 0, 23, &[], 0),
+        ("day-of-month", 1, 31, &[], 0),
+        ("month", 1, 12, MONTHS, 1),
+        ("day-of-week", 0, 7, DAYS, 0),
+    ];
+    for (field, (name, lo, hi, names, base)) in fields.iter().zip(specs) {
+        let value = |s: &str| -> Option<u32> {
+            s.parse::<u32>().ok().or_else(|| {
+                names
+                    .iter()
+                    .position(|n| n.eq_ignore_ascii_case(s))
+                    .map(|i| i as u32 + base)
+            })
+        };
+        for part in field.split(',') {
+            let (range, step) = match part.split_once('/') {
+                Some((r, st)) => (r, Some(st)),
+                None => (part, None),
+            };
+            if let Some(st) = step {
+                if !st.parse::<u32>().is_ok_and(|n| n > 0) {
+                    return Err(inv(
+                        path,
+                        format!("{name} field: invalid step {st:?} in {e:?}"),
+                    ));
+                }
+            }
+            let ok = match range {
+                "*" | "?" => true,
+                r => match r.split_once('-') {
+                    Some((a, b)) => {
+                        matches!((value(a), value(b)), (Some(a), Some(b)) if a >= lo && b <= hi && a <= b)
+                    }
+                    None => value(r).is_some_and(|v| v >= lo && v <= hi),
+                },
+            };
+            if !ok {
+                return Err(inv(
+                    path,
+                    format!("{name} field: {part:?} is out of range {lo}-{hi} in {e:?}"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_replicas(path: &str, r: Option<i32>) -> Result<(), ApiError> {
@@ -679,6 +1121,33 @@ mod tests {
             "IfNotPresent"
         );
         assert_eq!(default_pull_policy("nginx@sha256:abc"), "IfNotPresent");
+    }
+
+    #[test]
+    fn cron_schedules() {
+        for ok in [
+            "*/5 * * * *",
+            "0 3 * * 1-5",
+            "30 2 1,15 * *",
+            "0 0 * JAN,jul sun",
+            "@hourly",
+            "0 9-17/2 * * mon-fri",
+        ] {
+            assert!(check_cron("s", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "* * * *",
+            "60 * * * *",
+            "* 24 * * *",
+            "* * 0 * *",
+            "* * * 13 *",
+            "*/0 * * * *",
+            "@sometimes",
+            "a b c d e",
+        ] {
+            assert!(check_cron("s", bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

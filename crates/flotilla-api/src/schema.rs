@@ -60,6 +60,15 @@ kinds! {
     "Service" => Service,
     "Deployment" => Deployment,
     "ReplicaSet" => ReplicaSet,
+    "DaemonSet" => DaemonSet,
+    "StatefulSet" => StatefulSet,
+    "Job" => Job,
+    "CronJob" => CronJob,
+    "Endpoints" => Endpoints,
+    "Node" => Node,
+    "Lease" => Lease,
+    "Event" => Event,
+    "HorizontalPodAutoscaler" => HorizontalPodAutoscaler,
 }
 
 fn pool() -> Result<&'static DescriptorPool, FieldErr> {
@@ -134,6 +143,76 @@ pub fn body_to_json(body: &Body) -> Map<String, Value> {
     }
 }
 
+fn type_name(f: &prost_reflect::FieldDescriptor) -> String {
+    use prost_reflect::Kind;
+    let base = |k: Kind| match k {
+        Kind::Message(m) => m.name().to_string(),
+        Kind::Bool => "boolean".into(),
+        Kind::String => "string".into(),
+        Kind::Bytes => "string (base64)".into(),
+        Kind::Double | Kind::Float => "number".into(),
+        Kind::Enum(e) => e.name().to_string(),
+        _ => "integer".into(),
+    };
+    if f.is_map() {
+        if let prost_reflect::Kind::Message(entry) = f.kind() {
+            let v = entry.map_entry_value_field();
+            return format!("map[string]{}", base(v.kind()));
+        }
+    }
+    if f.is_list() {
+        return format!("[]{}", base(f.kind()));
+    }
+    base(f.kind())
+}
+
+/// `kubectl explain`: the fields of a kind, or of the field at `path` (`spec.strategy`), with
+/// their types, from the schema.
+pub fn explain(kind: &str, path: &str) -> Result<String, String> {
+    let (api_version, _) =
+        crate::validation::kind_info(kind).ok_or(format!("unsupported kind {kind:?}"))?;
+    let name = message_name(kind).ok_or(format!("unsupported kind {kind:?}"))?;
+    let pool = pool().map_err(|(_, m)| m)?;
+    let mut desc = pool
+        .get_message_by_name(name)
+        .ok_or(format!("no schema for {kind}"))?;
+    let mut out = format!("KIND:     {kind}\nVERSION:  {api_version}\n\n");
+    let parts: Vec<&str> = path.split('.').filter(|p| !p.is_empty()).collect();
+    for (i, part) in parts.iter().enumerate() {
+        let f = desc
+            .fields()
+            .find(|f| f.json_name() == *part)
+            .ok_or(format!("field {part:?} does not exist in {}", desc.name()))?;
+        let is_last = i + 1 == parts.len();
+        match f.kind() {
+            prost_reflect::Kind::Message(m) if !f.is_map() => {
+                if is_last {
+                    out.push_str(&format!("FIELD: {part} <{}>\n\n", type_name(&f)));
+                }
+                desc = m;
+            }
+            _ if is_last => {
+                out.push_str(&format!("FIELD: {part} <{}>\n", type_name(&f)));
+                return Ok(out);
+            }
+            _ => {
+                return Err(format!(
+                    "field {part:?} is a {} and has no fields",
+                    type_name(&f)
+                ))
+            }
+        }
+    }
+    out.push_str("FIELDS:\n");
+    if parts.is_empty() {
+        out.push_str("  apiVersion\t<string>\n  kind\t<string>\n  metadata\t<ObjectMeta>\n");
+    }
+    for f in desc.fields() {
+        out.push_str(&format!("  {}\t<{}>\n", f.json_name(), type_name(&f)));
+    }
+    Ok(out)
+}
+
 /// (the unknown field's name, if that is the problem; the message).
 fn clean_message(m: &str) -> (Option<String>, String) {
     // prost-reflect: "unrecognized field name 'x'"; serde: "unknown field `x`, expected ...".
@@ -199,9 +278,12 @@ fn int_or_string_out(v: &mut Value, parent: &str) {
             for (k, x) in m.iter_mut() {
                 if is_int_or_string(k, parent) {
                     if let Value::String(s) = x {
+                        // Only canonical numbers: "080" stays a string, so it reads back as is.
                         if let Ok(n) = s.parse::<i64>() {
-                            *x = Value::from(n);
-                            continue;
+                            if n.to_string() == *s {
+                                *x = Value::from(n);
+                                continue;
+                            }
                         }
                     }
                 }
@@ -272,6 +354,35 @@ mod tests {
         let (p, m) = body_from_json("Deployment", v).unwrap_err();
         assert_eq!(p, "spec.paused");
         assert!(m.contains("invalid type"), "{m}");
+    }
+
+    #[test]
+    fn explain_walks_the_schema() {
+        let t = explain("Deployment", "spec.strategy").unwrap();
+        assert!(
+            t.starts_with("KIND:     Deployment\nVERSION:  apps/v1\n"),
+            "{t}"
+        );
+        assert!(t.contains("FIELD: strategy <DeploymentStrategy>"), "{t}");
+        assert!(
+            t.contains("  rollingUpdate\t<RollingUpdateDeployment>"),
+            "{t}"
+        );
+        let t = explain("Pod", "spec.containers").unwrap();
+        assert!(
+            t.contains("FIELD: containers <[]Container>")
+                && t.contains("  imagePullPolicy\t<string>"),
+            "{t}"
+        );
+        assert!(explain("Pod", "")
+            .unwrap()
+            .contains("  metadata\t<ObjectMeta>"));
+        assert!(explain("Pod", "spec.nodeSelector")
+            .unwrap()
+            .contains("<map[string]string>"));
+        assert!(explain("Pod", "spec.bogus")
+            .unwrap_err()
+            .contains("\"bogus\" does not exist"));
     }
 
     #[test]

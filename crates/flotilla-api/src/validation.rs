@@ -13,6 +13,15 @@ pub const KINDS: &[(&str, &str, bool)] = &[
     ("Service", "v1", true),
     ("Deployment", "apps/v1", true),
     ("ReplicaSet", "apps/v1", true),
+    ("DaemonSet", "apps/v1", true),
+    ("StatefulSet", "apps/v1", true),
+    ("Job", "batch/v1", true),
+    ("CronJob", "batch/v1", true),
+    ("Endpoints", "v1", true),
+    ("Node", "v1", false),
+    ("Lease", "coordination.k8s.io/v1", true),
+    ("Event", "v1", true),
+    ("HorizontalPodAutoscaler", "autoscaling/v2", true),
 ];
 
 /// The kind a CLI resource name means: `configmap`, `configmaps`, `cm`, `ConfigMap`.
@@ -27,6 +36,17 @@ pub fn resolve_kind(name: &str) -> Option<&'static str> {
         "service" | "services" | "svc" => Some("Service"),
         "deployment" | "deployments" | "deploy" => Some("Deployment"),
         "replicaset" | "replicasets" | "rs" => Some("ReplicaSet"),
+        "daemonset" | "daemonsets" | "ds" => Some("DaemonSet"),
+        "statefulset" | "statefulsets" | "sts" => Some("StatefulSet"),
+        "job" | "jobs" => Some("Job"),
+        "cronjob" | "cronjobs" | "cj" => Some("CronJob"),
+        "endpoints" | "ep" => Some("Endpoints"),
+        "node" | "nodes" | "no" => Some("Node"),
+        "lease" | "leases" => Some("Lease"),
+        "event" | "events" | "ev" => Some("Event"),
+        "horizontalpodautoscaler" | "horizontalpodautoscalers" | "hpa" => {
+            Some("HorizontalPodAutoscaler")
+        }
         _ => None,
     }
 }
@@ -208,6 +228,15 @@ pub fn validate_object(obj: &Object) -> Result<(), ApiError> {
         Some(Body::Service(_)) => "Service",
         Some(Body::Deployment(_)) => "Deployment",
         Some(Body::ReplicaSet(_)) => "ReplicaSet",
+        Some(Body::DaemonSet(_)) => "DaemonSet",
+        Some(Body::StatefulSet(_)) => "StatefulSet",
+        Some(Body::Job(_)) => "Job",
+        Some(Body::CronJob(_)) => "CronJob",
+        Some(Body::Endpoints(_)) => "Endpoints",
+        Some(Body::Node(_)) => "Node",
+        Some(Body::Lease(_)) => "Lease",
+        Some(Body::Event(_)) => "Event",
+        Some(Body::HorizontalPodAutoscaler(_)) => "HorizontalPodAutoscaler",
         None => {
             return Err(ApiError::invalid(
                 "kind",

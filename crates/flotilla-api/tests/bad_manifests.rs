@@ -73,6 +73,20 @@ fn corpus() -> Vec<(String, &'static str)> {
         ("apiVersion: v1\nkind: Namespace\nmetadata: {name: a, namespace: b}\n".into(), "metadata.namespace: Namespace is not namespaced"),
         ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {k: [1]}\n".into(), "data.k: invalid type"),
         ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\nimmutable: sure\n".into(), "immutable: invalid type"),
+        ("apiVersion: batch/v1\nkind: Job\nmetadata: {name: j}\nspec: {template: {spec: {containers: [{name: c, image: i}]}}}\n".into(), "spec.template.spec.restartPolicy: unsupported value \"\""),
+        ("apiVersion: batch/v1\nkind: Job\nmetadata: {name: j}\nspec: {backoffLimit: -1, template: {spec: {restartPolicy: Never, containers: [{name: c, image: i}]}}}\n".into(), "spec.backoffLimit: must be greater than or equal to 0"),
+        ("apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: c}\nspec: {schedule: \"61 * * * *\", jobTemplate: {spec: {template: {spec: {restartPolicy: Never, containers: [{name: c, image: i}]}}}}}\n".into(), "spec.schedule: minute field"),
+        ("apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: c}\nspec: {schedule: \"* * *\", jobTemplate: {spec: {template: {spec: {restartPolicy: Never, containers: [{name: c, image: i}]}}}}}\n".into(), "spec.schedule: expected exactly 5 fields"),
+        ("apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: c}\nspec: {schedule: \"@hourly\", concurrencyPolicy: Sometimes, jobTemplate: {spec: {template: {spec: {restartPolicy: Never, containers: [{name: c, image: i}]}}}}}\n".into(), "spec.concurrencyPolicy: unsupported value \"Sometimes\""),
+        ("apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: d}\nspec: {selector: {matchLabels: {a: b}}, updateStrategy: {type: Sometimes}, template: {metadata: {labels: {a: b}}, spec: {containers: [{name: c, image: i}]}}}\n".into(), "spec.updateStrategy.type: unsupported value \"Sometimes\""),
+        ("apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: s}\nspec: {podManagementPolicy: Random, selector: {matchLabels: {a: b}}, template: {metadata: {labels: {a: b}}, spec: {containers: [{name: c, image: i}]}}}\n".into(), "spec.podManagementPolicy: unsupported value \"Random\""),
+        ("apiVersion: v1\nkind: Endpoints\nmetadata: {name: e}\nsubsets: [{addresses: [{ip: 300.1.1.1}]}]\n".into(), "subsets[0].addresses[0].ip: must be a valid IP address"),
+        ("apiVersion: v1\nkind: Node\nmetadata: {name: n}\nspec: {taints: [{key: k, effect: Sometimes}]}\n".into(), "spec.taints[0].effect: unsupported value \"Sometimes\""),
+        ("apiVersion: v1\nkind: Node\nmetadata: {name: n, namespace: default}\n".into(), "metadata.namespace: Node is not namespaced"),
+        ("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: l}\nspec: {leaseDurationSeconds: 0}\n".into(), "spec.leaseDurationSeconds: must be greater than 0"),
+        ("apiVersion: v1\nkind: Event\nmetadata: {name: e}\nreason: X\n".into(), "involvedObject: kind and name are required"),
+        ("apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: h}\nspec: {scaleTargetRef: {kind: Deployment, name: d}, minReplicas: 5, maxReplicas: 2}\n".into(), "spec.minReplicas: must be between 1 and maxReplicas (2)"),
+        ("apiVersion: autoscaling/v1\nkind: HorizontalPodAutoscaler\nmetadata: {name: h}\nspec: {maxReplicas: 2}\n".into(), "apiVersion: HorizontalPodAutoscaler is served as apiVersion \"autoscaling/v2\""),
     ]
 }
 

@@ -240,6 +240,15 @@ impl Client {
     }
 
     pub async fn update(&mut self, object: Object) -> Result<Object, ApiError> {
+        self.put(object, false).await
+    }
+
+    /// The status subresource: only `object`'s status is written.
+    pub async fn update_status(&mut self, object: Object) -> Result<Object, ApiError> {
+        self.put(object, true).await
+    }
+
+    async fn put(&mut self, object: Object, status: bool) -> Result<Object, ApiError> {
         let req = UpdateRequest {
             object: Some(object),
         };
@@ -247,7 +256,13 @@ impl Client {
             .call(false, |ch, opts: Opts| {
                 let r = opts.request(req.clone());
                 let mut c = opts.objects(ch);
-                async move { c.update(r).await }
+                async move {
+                    if status {
+                        c.update_status(r).await
+                    } else {
+                        c.update(r).await
+                    }
+                }
             })
             .await?;
         r.into_inner()

@@ -134,6 +134,18 @@ impl ObjectTable for RedbObjects<'_, '_> {
         self.table.remove(key).map_err(|e| err(self.path, e))?;
         Ok(())
     }
+    fn keys_with_prefix(&self, prefix: &str, limit: usize) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for item in self.table.range(prefix..).map_err(|e| err(self.path, e))? {
+            let (k, _) = item.map_err(|e| err(self.path, e))?;
+            let k = k.value();
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push(k.to_string());
+        }
+        Ok(out)
+    }
 }
 
 impl StateMachine {
@@ -793,19 +805,20 @@ mod tests {
             .is_empty());
         assert_eq!(r.get(&key).unwrap(), (None, 2));
 
-        // History: five ADDED at revision 1, one DELETED at 2.
+        // History: six ADDED at revision 1 (namespace `default`, created on first use, and
+        // five config maps), one DELETED at 2.
         let h = r.history_after(0, 100).unwrap();
-        assert_eq!(h.events.len(), 6);
-        assert!(h.events[..5]
+        assert_eq!(h.events.len(), 7);
+        assert!(h.events[..6]
             .iter()
             .all(|e| e.revision == 1 && e.r#type == EventType::Added as i32));
         assert_eq!(
-            (h.events[5].revision, h.events[5].r#type),
+            (h.events[6].revision, h.events[6].r#type),
             (2, EventType::Deleted as i32)
         );
         // A page never splits a revision.
         let h = r.history_after(0, 2).unwrap();
-        assert_eq!((h.events.len(), h.more), (5, true));
+        assert_eq!((h.events.len(), h.more), (6, true));
         assert_eq!(r.history_after(1, 100).unwrap().events.len(), 1);
 
         // Past the kept history (2 revisions), old start points are compacted.

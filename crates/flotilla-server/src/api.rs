@@ -111,6 +111,10 @@ impl ObjectApi {
                 m.deletion_timestamp_ms = None;
                 self.check_size(o)
             }
+            Some(Op::UpdateStatus(o)) => {
+                validation::validate_object(o).map_err(|e| relabel(e, "updateStatus"))?;
+                self.check_size(o)
+            }
             Some(Op::Update(o)) => {
                 flotilla_api::kinds::apply_defaults(o);
                 validation::validate_object(o).map_err(|e| relabel(e, "update"))?;
@@ -320,6 +324,15 @@ impl ObjectService for ObjectApi {
         let f = forwarded(&request);
         let obj = required_object(request.into_inner().object)?;
         self.single(write(Op::Update(obj)), f).await
+    }
+
+    async fn update_status(
+        &self,
+        request: Request<UpdateRequest>,
+    ) -> Result<Response<ObjectResponse>, Status> {
+        let f = forwarded(&request);
+        let obj = required_object(request.into_inner().object)?;
+        self.single(write(Op::UpdateStatus(obj)), f).await
     }
 
     async fn delete(

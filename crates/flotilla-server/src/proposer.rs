@@ -45,7 +45,9 @@ pub struct Proposer {
 /// The store key a write touches.
 pub fn write_key(w: &Write) -> Option<String> {
     match w.op.as_ref()? {
-        Op::Create(o) | Op::Update(o) => Some(flotilla_api::keys::object_key(&o.key())),
+        Op::Create(o) | Op::Update(o) | Op::UpdateStatus(o) => {
+            Some(flotilla_api::keys::object_key(&o.key()))
+        }
         Op::Delete(d) => d.key.as_ref().map(flotilla_api::keys::object_key),
     }
 }

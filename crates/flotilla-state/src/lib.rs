@@ -21,6 +21,8 @@ pub trait ObjectTable {
     fn get(&self, key: &str) -> Result<Option<Object>, Self::Error>;
     fn put(&mut self, key: &str, object: &Object) -> Result<(), Self::Error>;
     fn remove(&mut self, key: &str) -> Result<(), Self::Error>;
+    /// Up to `limit` keys that start with `prefix`, in order.
+    fn keys_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<String>, Self::Error>;
 }
 
 /// An in-memory table, for tests and tools.
@@ -36,6 +38,15 @@ impl ObjectTable for BTreeMap<String, Object> {
     fn remove(&mut self, key: &str) -> Result<(), Self::Error> {
         BTreeMap::remove(self, key);
         Ok(())
+    }
+    fn keys_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<String>, Self::Error> {
+        Ok(self
+            .range(prefix.to_string()..)
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 }
 
@@ -68,6 +79,7 @@ pub fn apply_command<T: ObjectTable>(
                 &mut out.events,
             )?,
             Some(Op::Update(o)) => update(table, revision, cmd.timestamp_ms, o, &mut out.events)?,
+            Some(Op::UpdateStatus(o)) => update_status(table, revision, o, &mut out.events)?,
             Some(Op::Delete(d)) => delete(table, revision, cmd.timestamp_ms, d, &mut out.events)?,
             None => Err(ApiError::invalid("writes[].op", "empty write")),
         };
@@ -110,6 +122,9 @@ fn create<T: ObjectTable>(
             format!("{key} already exists"),
         )));
     }
+    if let Err(e) = ensure_namespace(table, revision, now_ms, obj, events)? {
+        return Ok(Err(e));
+    }
     let mut o = obj.clone();
     // Status belongs to the controllers: a create starts without one.
     o.body = flotilla_api::kinds::without_status(&o.body);
@@ -146,25 +161,10 @@ fn update<T: ObjectTable>(
     events: &mut Vec<WatchEvent>,
 ) -> WriteOutcome<T::Error> {
     let _ = now_ms;
-    if let Err(e) = validation::validate_object(obj) {
-        return Ok(Err(e));
-    }
-    let key = obj.key();
-    let k = keys::object_key(&key);
-    let Some(stored) = table.get(&k)? else {
-        return Ok(Err(ApiError::not_found(&key)));
+    let (key, k, stored) = match load_for_update(table, obj)? {
+        Ok(found) => found,
+        Err(e) => return Ok(Err(e)),
     };
-    let want_rv = obj.meta().resource_version;
-    if want_rv != 0 && want_rv != stored.meta().resource_version {
-        return Ok(Err(ApiError::new(
-            ErrorCode::Conflict,
-            format!(
-                "{key}: the object has been modified (resourceVersion {} is not the current {}); read it again and retry",
-                want_rv,
-                stored.meta().resource_version
-            ),
-        )));
-    }
     if let (Some(Body::ConfigMap(old)), Some(Body::ConfigMap(new))) = (&stored.body, &obj.body) {
         if old.immutable
             && (old.data != new.data || old.binary_data != new.binary_data || !new.immutable)
@@ -190,12 +190,80 @@ fn update<T: ObjectTable>(
     m.deletion_timestamp_ms = sm.deletion_timestamp_ms;
     m.generation = sm.generation + i64::from(body_changed);
     m.resource_version = revision;
-    if m.deletion_timestamp_ms.is_some() && m.finalizers.is_empty() {
-        // The last finalizer is gone from an object marked for deletion: it goes now.
+    let contents_remain =
+        o.kind == NAMESPACE_KIND && !namespace_contents(table, &o.meta().name, 1)?.is_empty();
+    let m = o.meta();
+    if m.deletion_timestamp_ms.is_some() && m.finalizers.is_empty() && !contents_remain {
+        // The last finalizer is gone from an object marked for deletion: it goes now (a
+        // namespace only once it is empty too).
         table.remove(&k)?;
         event(events, EventType::Deleted, &o, revision);
+        finish_namespace_if_empty(table, revision, &o, events)?;
         return Ok(Ok(o));
     }
+    table.put(&k, &o)?;
+    event(events, EventType::Modified, &o, revision);
+    Ok(Ok(o))
+}
+
+/// What an update (of the object or of its status) starts from: the write checked, the stored
+/// object found, and a nonzero resourceVersion matching the stored one.
+#[allow(clippy::type_complexity)]
+fn load_for_update<T: ObjectTable>(
+    table: &T,
+    obj: &Object,
+) -> Result<Result<(flotilla_api::pb::api::ObjectKey, String, Object), ApiError>, T::Error> {
+    if let Err(e) = validation::validate_object(obj) {
+        return Ok(Err(e));
+    }
+    let key = obj.key();
+    let k = keys::object_key(&key);
+    let Some(stored) = table.get(&k)? else {
+        return Ok(Err(ApiError::not_found(&key)));
+    };
+    if let Err(e) = check_resource_version(&key, obj, &stored) {
+        return Ok(Err(e));
+    }
+    Ok(Ok((key, k, stored)))
+}
+
+/// A nonzero resourceVersion in a write is a precondition on the stored object's.
+fn check_resource_version(
+    key: &flotilla_api::pb::api::ObjectKey,
+    obj: &Object,
+    stored: &Object,
+) -> Result<(), ApiError> {
+    let want_rv = obj.meta().resource_version;
+    if want_rv != 0 && want_rv != stored.meta().resource_version {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "{key}: the object has been modified (resourceVersion {} is not the current {}); read it again and retry",
+                want_rv,
+                stored.meta().resource_version
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The status subresource: only the status changes; spec, metadata and generation stay.
+fn update_status<T: ObjectTable>(
+    table: &mut T,
+    revision: u64,
+    obj: &Object,
+    events: &mut Vec<WatchEvent>,
+) -> WriteOutcome<T::Error> {
+    let (_, k, stored) = match load_for_update(table, obj)? {
+        Ok(found) => found,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut o = stored.clone();
+    flotilla_api::kinds::keep_status(&mut o.body, &obj.body);
+    if o.body == stored.body {
+        return Ok(Ok(stored));
+    }
+    o.meta_mut().resource_version = revision;
     table.put(&k, &o)?;
     event(events, EventType::Modified, &o, revision);
     Ok(Ok(o))
@@ -212,7 +280,7 @@ fn delete<T: ObjectTable>(
         return Ok(Err(ApiError::invalid("key", "must be set")));
     };
     let k = keys::object_key(key);
-    let Some(mut o) = table.get(&k)? else {
+    let Some(o) = table.get(&k)? else {
         return Ok(Err(ApiError::not_found(key)));
     };
     if let Some(rv) = req.expected_resource_version {
@@ -237,21 +305,174 @@ fn delete<T: ObjectTable>(
             )));
         }
     }
+    if o.kind == "Namespace" {
+        return delete_namespace(table, revision, now_ms, &k, o, events).map(Ok);
+    }
+    remove_or_mark(table, revision, now_ms, &k, o, events).map(Ok)
+}
+
+/// Remove `o` (stored at `k`) now, or only mark it for deletion while finalizers remain. The
+/// last object of a terminating namespace takes the namespace with it.
+fn remove_or_mark<T: ObjectTable>(
+    table: &mut T,
+    revision: u64,
+    now_ms: i64,
+    k: &str,
+    mut o: Object,
+    events: &mut Vec<WatchEvent>,
+) -> Result<Object, T::Error> {
     let m = o.meta_mut();
     if !m.finalizers.is_empty() {
         if m.deletion_timestamp_ms.is_some() {
-            return Ok(Ok(o));
+            return Ok(o);
         }
         m.deletion_timestamp_ms = Some(now_ms);
         m.resource_version = revision;
-        table.put(&k, &o)?;
+        table.put(k, &o)?;
         event(events, EventType::Modified, &o, revision);
-        return Ok(Ok(o));
+        return Ok(o);
     }
     m.resource_version = revision;
-    table.remove(&k)?;
+    table.remove(k)?;
     event(events, EventType::Deleted, &o, revision);
-    Ok(Ok(o))
+    finish_namespace_if_empty(table, revision, &o, events)?;
+    Ok(o)
+}
+
+const NAMESPACE_KIND: &str = "Namespace";
+
+fn namespace_key(name: &str) -> String {
+    keys::object_key(&flotilla_api::pb::api::ObjectKey {
+        kind: NAMESPACE_KIND.into(),
+        namespace: String::new(),
+        name: name.into(),
+    })
+}
+
+fn set_namespace_phase(ns: &mut Object, phase: &str) {
+    if let Some(Body::Namespace(n)) = &mut ns.body {
+        n.status.get_or_insert_with(Default::default).phase = phase.into();
+    }
+}
+
+/// A namespaced object may only be created in a namespace that exists and is not being
+/// deleted. `default` is created on first use, as Kubernetes' API server creates it at start.
+fn ensure_namespace<T: ObjectTable>(
+    table: &mut T,
+    revision: u64,
+    now_ms: i64,
+    obj: &Object,
+    events: &mut Vec<WatchEvent>,
+) -> WriteOutcome<T::Error> {
+    let ns = &obj.meta().namespace;
+    if ns.is_empty() {
+        return Ok(Ok(Object::default()));
+    }
+    let nk = namespace_key(ns);
+    match table.get(&nk)? {
+        Some(n) if n.meta().deletion_timestamp_ms.is_some() => Ok(Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            ),
+        ))),
+        Some(n) => Ok(Ok(n)),
+        None if ns == "default" => {
+            let mut n = Object {
+                api_version: "v1".into(),
+                kind: NAMESPACE_KIND.into(),
+                metadata: Some(flotilla_api::pb::api::ObjectMeta {
+                    name: ns.clone(),
+                    uid: format!("{revision:016x}-namespace-default"),
+                    resource_version: revision,
+                    generation: 1,
+                    creation_timestamp_ms: now_ms,
+                    ..Default::default()
+                }),
+                body: Some(Body::Namespace(Default::default())),
+            };
+            set_namespace_phase(&mut n, "Active");
+            table.put(&nk, &n)?;
+            event(events, EventType::Added, &n, revision);
+            Ok(Ok(n))
+        }
+        None => Ok(Err(ApiError::not_found(format!("namespace {ns:?}")))),
+    }
+}
+
+/// Keys of every object in namespace `ns`, of all namespaced kinds.
+fn namespace_contents<T: ObjectTable>(
+    table: &T,
+    ns: &str,
+    limit: usize,
+) -> Result<Vec<String>, T::Error> {
+    let mut out = Vec::new();
+    for (kind, _, namespaced) in validation::KINDS {
+        if *namespaced && out.len() < limit {
+            out.extend(table.keys_with_prefix(&keys::list_prefix(kind, ns), limit - out.len())?);
+        }
+    }
+    Ok(out)
+}
+
+/// Deleting a namespace deletes everything in it, in the same revision: the namespace turns
+/// `Terminating`, its objects go (or are marked, while they have finalizers), and the
+/// namespace itself goes once it is empty and has no finalizers of its own.
+fn delete_namespace<T: ObjectTable>(
+    table: &mut T,
+    revision: u64,
+    now_ms: i64,
+    k: &str,
+    mut ns: Object,
+    events: &mut Vec<WatchEvent>,
+) -> Result<Object, T::Error> {
+    let name = ns.meta().name.clone();
+    if ns.meta().deletion_timestamp_ms.is_none() {
+        ns.meta_mut().deletion_timestamp_ms = Some(now_ms);
+        ns.meta_mut().resource_version = revision;
+        set_namespace_phase(&mut ns, "Terminating");
+        table.put(k, &ns)?;
+        event(events, EventType::Modified, &ns, revision);
+    }
+    for key in namespace_contents(table, &name, usize::MAX)? {
+        if let Some(o) = table.get(&key)? {
+            remove_or_mark(table, revision, now_ms, &key, o, events)?;
+        }
+    }
+    Ok(table.get(k)?.unwrap_or(ns))
+}
+
+/// After `gone` was removed: if its namespace is terminating, empty and free of finalizers,
+/// the namespace is removed too.
+fn finish_namespace_if_empty<T: ObjectTable>(
+    table: &mut T,
+    revision: u64,
+    gone: &Object,
+    events: &mut Vec<WatchEvent>,
+) -> Result<(), T::Error> {
+    let name = if gone.kind == NAMESPACE_KIND {
+        return Ok(());
+    } else {
+        &gone.meta().namespace
+    };
+    if name.is_empty() {
+        return Ok(());
+    }
+    let nk = namespace_key(name);
+    let Some(mut ns) = table.get(&nk)? else {
+        return Ok(());
+    };
+    let m = ns.meta();
+    if m.deletion_timestamp_ms.is_none() || !m.finalizers.is_empty() {
+        return Ok(());
+    }
+    if !namespace_contents(table, name, 1)?.is_empty() {
+        return Ok(());
+    }
+    ns.meta_mut().resource_version = revision;
+    table.remove(&nk)?;
+    event(events, EventType::Deleted, &ns, revision);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -329,7 +550,9 @@ mod tests {
         assert_eq!(ok(&a.results[0]).meta().creation_timestamp_ms, 1000);
         assert_eq!(err(&a.results[1]), ErrorCode::AlreadyExists);
         assert_eq!(ok(&a.results[2]).meta().name, "b");
-        assert_eq!(a.events.len(), 2);
+        // Namespace `default` (created on first use), then a and b.
+        assert_eq!(a.events.len(), 3);
+        assert_eq!(a.events[0].object.as_ref().unwrap().kind, "Namespace");
         assert!(a
             .events
             .iter()
@@ -417,7 +640,10 @@ mod tests {
         released.meta_mut().finalizers.clear();
         let r = apply_command(&mut t, 4, &cmd(vec![Op::Update(released)])).unwrap();
         assert_eq!(r.events[0].r#type, EventType::Deleted as i32);
-        assert!(t.is_empty());
+        assert_eq!(
+            t.keys().cloned().collect::<Vec<_>>(),
+            vec![namespace_key("default")]
+        );
     }
 
     #[test]
@@ -496,5 +722,137 @@ mod tests {
         o.meta_mut().labels.insert("team".into(), "a".into());
         let r = apply_command(&mut t, 4, &cmd(vec![Op::Update(o)])).unwrap();
         assert_eq!(ok(&r.results[0]).meta().generation, 2);
+
+        // A status write changes only status: the spec it carries is ignored, generation stays.
+        let mut s = deployment(99, "other:9");
+        if let Some(Body::Deployment(d)) = &mut s.body {
+            d.status = Some(DeploymentStatus {
+                ready_replicas: 3,
+                ..Default::default()
+            });
+        }
+        let r = apply_command(&mut t, 5, &cmd(vec![Op::UpdateStatus(s.clone())])).unwrap();
+        let stored = ok(&r.results[0]);
+        assert_eq!(
+            (stored.meta().generation, stored.meta().resource_version),
+            (2, 5)
+        );
+        let Some(Body::Deployment(d)) = &stored.body else {
+            panic!()
+        };
+        assert_eq!(d.spec.as_ref().unwrap().replicas, Some(3));
+        assert_eq!(d.status.as_ref().unwrap().ready_replicas, 3);
+        assert_eq!(r.events.len(), 1);
+        // With a stale resourceVersion it is a conflict.
+        s.meta_mut().resource_version = 4;
+        let r = apply_command(&mut t, 6, &cmd(vec![Op::UpdateStatus(s)])).unwrap();
+        assert_eq!(err(&r.results[0]), ErrorCode::Conflict);
+    }
+
+    fn namespace(name: &str) -> Object {
+        Object {
+            api_version: "v1".into(),
+            kind: "Namespace".into(),
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                ..Default::default()
+            }),
+            body: Some(Body::Namespace(Default::default())),
+        }
+    }
+
+    fn in_ns(mut o: Object, ns: &str) -> Object {
+        o.meta_mut().namespace = ns.into();
+        o
+    }
+
+    fn del(kind: &str, ns: &str, name: &str) -> Op {
+        Op::Delete(DeleteRequest {
+            key: Some(ObjectKey {
+                kind: kind.into(),
+                namespace: ns.into(),
+                name: name.into(),
+            }),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn namespaces_must_exist_and_take_their_objects_with_them() {
+        let mut t = BTreeMap::new();
+        // A missing namespace is refused; `default` appears on first use.
+        let r = apply_command(
+            &mut t,
+            1,
+            &cmd(vec![Op::Create(in_ns(cm("a", &[]), "team"))]),
+        )
+        .unwrap();
+        assert_eq!(err(&r.results[0]), ErrorCode::NotFound);
+        let r = apply_command(&mut t, 2, &cmd(vec![Op::Create(cm("a", &[]))])).unwrap();
+        ok(&r.results[0]);
+        assert!(t.contains_key(&namespace_key("default")));
+        assert_eq!(
+            r.events.len(),
+            2,
+            "ADDED namespace default, ADDED the config map"
+        );
+
+        apply_command(&mut t, 3, &cmd(vec![Op::Create(namespace("team"))])).unwrap();
+        let mut held = in_ns(cm("held", &[]), "team");
+        held.meta_mut().finalizers = vec!["example.com/hold".into()];
+        let r = apply_command(
+            &mut t,
+            4,
+            &cmd(vec![
+                Op::Create(in_ns(cm("x", &[]), "team")),
+                Op::Create(held.clone()),
+            ]),
+        )
+        .unwrap();
+        assert!(r
+            .results
+            .iter()
+            .all(|w| matches!(w.result, Some(write_result::Result::Object(_)))));
+
+        // Deleting the namespace: x goes, held is marked, the namespace is Terminating.
+        let r = apply_command(&mut t, 5, &cmd(vec![del("Namespace", "", "team")])).unwrap();
+        ok(&r.results[0]);
+        let ns = t.get(&namespace_key("team")).unwrap().clone();
+        let Some(Body::Namespace(n)) = &ns.body else {
+            panic!()
+        };
+        assert_eq!(n.status.as_ref().unwrap().phase, "Terminating");
+        assert!(!t.contains_key(&keys::object_key(&in_ns(cm("x", &[]), "team").key())));
+        assert!(t[&keys::object_key(&held.key())]
+            .meta()
+            .deletion_timestamp_ms
+            .is_some());
+        // Nothing new may be created in it.
+        let r = apply_command(
+            &mut t,
+            6,
+            &cmd(vec![Op::Create(in_ns(cm("y", &[]), "team"))]),
+        )
+        .unwrap();
+        assert_eq!(err(&r.results[0]), ErrorCode::Forbidden);
+
+        // Releasing the last finalizer removes the object and then the empty namespace.
+        let mut released = t[&keys::object_key(&held.key())].clone();
+        released.meta_mut().finalizers.clear();
+        let r = apply_command(&mut t, 7, &cmd(vec![Op::Update(released)])).unwrap();
+        ok(&r.results[0]);
+        assert!(!t.contains_key(&namespace_key("team")));
+        let kinds: Vec<(i32, &str)> = r
+            .events
+            .iter()
+            .map(|e| (e.r#type, e.object.as_ref().unwrap().kind.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (EventType::Deleted as i32, "ConfigMap"),
+                (EventType::Deleted as i32, "Namespace")
+            ]
+        );
     }
 }

@@ -96,10 +96,34 @@ pub struct GetArgs {
 
 #[derive(Args)]
 pub struct DeleteArgs {
-    resource: String,
-    name: String,
+    /// The resource type, then names (omit with -f).
+    resource: Option<String>,
+    names: Vec<String>,
     #[arg(short = 'n', long, default_value = "default")]
     namespace: String,
+    /// Delete the objects these manifests describe.
+    #[arg(short = 'f', long = "filename")]
+    files: Vec<String>,
+    #[arg(short = 'R', long)]
+    recursive: bool,
+    /// Delete every object of the type matching this label selector.
+    #[arg(short = 'l', long)]
+    selector: Option<String>,
+}
+
+#[derive(Args)]
+pub struct MetaArgs {
+    /// The resource type.
+    resource: String,
+    name: String,
+    /// key=value to set, key- to remove.
+    #[arg(required = true)]
+    changes: Vec<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// Allow replacing a value that is already set.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 pub async fn server(config: &Path, data_dir: Option<&Path>) -> anyhow::Result<()> {
@@ -160,10 +184,48 @@ pub async fn cluster(conn: &Conn, cmd: ClusterCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Read and validate every document of every file before writing anything.
-fn read_manifests(files: &[String]) -> anyhow::Result<Vec<ManifestObject>> {
-    let mut all = Vec::new();
+/// What `-f` names: files, `-` for standard input, and directories (their .yaml, .yml and
+/// .json files; with `-R` also those of every directory below), in name order.
+fn expand_paths(files: &[String], recursive: bool) -> anyhow::Result<Vec<String>> {
+    fn walk(dir: &Path, recursive: bool, out: &mut Vec<String>) -> anyhow::Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read directory {}", dir.display()))?
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("cannot read directory {}", dir.display()))?;
+        entries.sort_by_key(|e| e.path());
+        for e in entries {
+            let p = e.path();
+            if p.is_dir() {
+                if recursive {
+                    walk(&p, recursive, out)?;
+                }
+            } else if p
+                .extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| ["yaml", "yml", "json"].contains(&x))
+            {
+                out.push(p.display().to_string());
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
     for f in files {
+        let p = Path::new(f);
+        if f != "-" && p.is_dir() {
+            walk(p, recursive, &mut out)?;
+        } else {
+            out.push(f.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Read and validate every document of every file before writing anything.
+pub fn read_manifests(files: &[String], recursive: bool) -> anyhow::Result<Vec<ManifestObject>> {
+    let files = expand_paths(files, recursive)?;
+    let mut all = Vec::new();
+    for f in &files {
         let (name, text) = if f == "-" {
             let mut s = String::new();
             std::io::stdin()
@@ -182,8 +244,32 @@ fn read_manifests(files: &[String]) -> anyhow::Result<Vec<ManifestObject>> {
     Ok(all)
 }
 
-pub async fn apply(conn: &Conn, files: &[String]) -> anyhow::Result<()> {
-    let objects = read_manifests(files)?;
+#[derive(Args)]
+pub struct FileArgs {
+    /// A file, a directory, or - for standard input. May be repeated.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<String>,
+    /// Also the files of every directory below a directory given with -f.
+    #[arg(short = 'R', long)]
+    recursive: bool,
+}
+
+/// kubectl create -f: every object must be new.
+pub async fn create(conn: &Conn, a: FileArgs) -> anyhow::Result<()> {
+    let objects = read_manifests(&a.files, a.recursive)?;
+    let mut c = conn.client().await?;
+    for m in objects {
+        let what = output::name_of(&m.object);
+        c.create(m.object)
+            .await
+            .with_context(|| format!("creating {what}"))?;
+        println!("{what} created");
+    }
+    Ok(())
+}
+
+pub async fn apply(conn: &Conn, a: FileArgs) -> anyhow::Result<()> {
+    let objects = read_manifests(&a.files, a.recursive)?;
     let mut c = conn.client().await?;
     for m in objects {
         let what = output::name_of(&m.object);
@@ -305,30 +391,119 @@ pub async fn get(conn: &Conn, a: GetArgs) -> anyhow::Result<()> {
 }
 
 pub async fn delete(conn: &Conn, a: DeleteArgs) -> anyhow::Result<()> {
-    let kind = kind_of(&a.resource)?;
     let mut c = conn.client().await?;
+    let mut keys = Vec::new();
+    if !a.files.is_empty() {
+        if a.resource.is_some() || a.selector.is_some() {
+            bail!("give either -f FILE or a resource type with names or -l, not both");
+        }
+        for m in read_manifests(&a.files, a.recursive)? {
+            keys.push(m.object.key());
+        }
+    } else {
+        let Some(resource) = &a.resource else {
+            bail!("give a resource type and names, a resource type and -l SELECTOR, or -f FILE");
+        };
+        let kind = kind_of(resource)?;
+        let ns = ns_for(kind, &a.namespace);
+        if let Some(sel) = &a.selector {
+            if !a.names.is_empty() {
+                bail!("names and -l cannot be combined");
+            }
+            let (objects, _) = c.list(kind, &ns, sel, false).await?;
+            if objects.is_empty() {
+                eprintln!("No resources found");
+            }
+            keys.extend(objects.iter().map(|o| o.key()));
+        } else {
+            if a.names.is_empty() {
+                bail!("give at least one name, or -l SELECTOR");
+            }
+            keys.extend(a.names.iter().map(|n| ObjectKey {
+                kind: kind.into(),
+                namespace: ns.clone(),
+                name: n.clone(),
+            }));
+        }
+    }
+    for key in keys {
+        let o = c
+            .delete(DeleteRequest {
+                key: Some(key),
+                expected_resource_version: None,
+                expected_uid: None,
+            })
+            .await?;
+        let what = output::name_of(&o);
+        if o.meta().deletion_timestamp_ms.is_some() && !o.meta().finalizers.is_empty() {
+            println!(
+                "{what} marked for deletion (waiting on finalizers: {})",
+                o.meta().finalizers.join(", ")
+            );
+        } else {
+            let (resource, name) = what.split_once('/').unwrap_or((&what, ""));
+            println!("{resource} \"{name}\" deleted");
+        }
+    }
+    Ok(())
+}
+
+/// kubectl label / annotate: `key=value` sets, `key-` removes; an existing different value
+/// needs --overwrite.
+pub async fn set_metadata(conn: &Conn, a: MetaArgs, annotations: bool) -> anyhow::Result<()> {
+    let kind = kind_of(&a.resource)?;
     let key = ObjectKey {
         kind: kind.into(),
         namespace: ns_for(kind, &a.namespace),
         name: a.name.clone(),
     };
-    let o = c
-        .delete(DeleteRequest {
-            key: Some(key),
-            expected_resource_version: None,
-            expected_uid: None,
-        })
-        .await?;
-    if o.meta().deletion_timestamp_ms.is_some() && !o.meta().finalizers.is_empty() {
-        println!(
-            "{} marked for deletion (waiting on finalizers: {})",
-            output::name_of(&o),
-            o.meta().finalizers.join(", ")
-        );
-    } else {
-        let what = output::name_of(&o);
-        let (resource, name) = what.split_once('/').unwrap_or((&what, ""));
-        println!("{resource} \"{name}\" deleted");
+    let mut c = conn.client().await?;
+    let what = if annotations { "annotated" } else { "labeled" };
+    for _ in 0..5 {
+        let (mut o, _) = c.get(key.clone(), false).await?;
+        let before = o.clone();
+        let map = if annotations {
+            &mut o.meta_mut().annotations
+        } else {
+            &mut o.meta_mut().labels
+        };
+        for ch in &a.changes {
+            if let Some(k) = ch.strip_suffix('-') {
+                map.remove(k);
+                continue;
+            }
+            let Some((k, v)) = ch.split_once('=') else {
+                bail!("{ch:?}: expected key=value or key-");
+            };
+            if let Some(old) = map.get(k) {
+                if old != v && !a.overwrite {
+                    bail!("'{k}' already has a value ({old}), and --overwrite is false");
+                }
+            }
+            map.insert(k.to_string(), v.to_string());
+        }
+        let name = output::name_of(&o);
+        if o == before {
+            println!("{name} not {what}");
+            return Ok(());
+        }
+        match c.update(o).await {
+            Ok(_) => {
+                println!("{name} {what}");
+                return Ok(());
+            }
+            Err(e) if e.code() == flotilla_api::ErrorCode::Conflict => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
+    bail!("{key} kept changing; try again")
+}
+
+/// kubectl explain: a kind's fields (or a field's), with their types, from the schema.
+pub fn explain(path: &str) -> anyhow::Result<()> {
+    let (resource, fields) = path.split_once('.').unwrap_or((path, ""));
+    let kind = kind_of(resource)?;
+    let text = flotilla_api::schema::explain(kind, fields).map_err(|e| anyhow!(e))?;
+    print!("{text}");
     Ok(())
 }

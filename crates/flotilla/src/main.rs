@@ -7,6 +7,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod cli;
+mod clientconfig;
 mod output;
 
 use std::path::PathBuf;
@@ -21,15 +22,13 @@ use clap::{Parser, Subcommand};
     about = "Flotilla: a container orchestrator with an embedded Raft control plane"
 )]
 struct Cli {
-    /// Server client-API addresses, comma-separated (any server will do).
-    #[arg(
-        long,
-        global = true,
-        env = "FLOTILLA_SERVER",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
-    )]
+    /// Server client-API addresses, comma-separated (any server will do). Without it: the
+    /// current cluster of the config file, else 127.0.0.1:7101-7103.
+    #[arg(long, global = true, env = "FLOTILLA_SERVER", value_delimiter = ',')]
     server: Vec<String>,
+    /// The CLI config file (named clusters and the current one); default ~/.flotilla/config.
+    #[arg(long = "config", env = "FLOTILLA_CONFIG")]
+    config: Option<PathBuf>,
     /// Per-request timeout in seconds.
     #[arg(long, global = true, default_value_t = 30)]
     timeout_secs: u64,
@@ -53,15 +52,81 @@ enum Command {
         command: cli::ClusterCommand,
     },
     /// Create or update objects from manifests (YAML with several documents, or JSON).
-    Apply {
-        /// A file, or - for standard input. May be repeated.
-        #[arg(short = 'f', long = "filename", required = true)]
-        files: Vec<String>,
-    },
+    Apply(cli::FileArgs),
+    /// Create objects from manifests; an object that exists is an error.
+    Create(cli::FileArgs),
     /// Show objects.
     Get(cli::GetArgs),
-    /// Delete an object.
+    /// Delete objects by name, by label selector, or as described by manifests.
     Delete(cli::DeleteArgs),
+    /// Set (key=value) or remove (key-) labels.
+    Label(cli::MetaArgs),
+    /// Set (key=value) or remove (key-) annotations.
+    Annotate(cli::MetaArgs),
+    /// Describe a kind's fields, or a field's: `explain deployment.spec.strategy`.
+    Explain {
+        /// RESOURCE[.field[.field...]]
+        path: String,
+    },
+    /// The CLI config file: named clusters and the current one.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print a shell completion script: `flotilla completion bash > /etc/bash_completion.d/flotilla`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the config file.
+    View,
+    /// Add or change a named cluster (the first one becomes current).
+    SetCluster {
+        name: String,
+        /// Client API addresses, comma-separated.
+        #[arg(long = "servers", value_delimiter = ',', required = true)]
+        servers: Vec<String>,
+    },
+    /// Make a named cluster the current one.
+    UseCluster { name: String },
+}
+
+/// Which servers the CLI talks to: --server / FLOTILLA_SERVER, else the config file's current
+/// cluster, else the local three-node cluster.
+fn resolve_servers(flag: Vec<String>, config: &clientconfig::ClientConfig) -> Vec<String> {
+    if !flag.is_empty() {
+        return flag;
+    }
+    config.current_servers().unwrap_or_else(|| {
+        ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]
+            .map(String::from)
+            .to_vec()
+    })
+}
+
+fn config_command(
+    path: &std::path::Path,
+    mut c: clientconfig::ClientConfig,
+    cmd: ConfigCommand,
+) -> anyhow::Result<()> {
+    match cmd {
+        ConfigCommand::View => print!("{}", serde_yaml_ng::to_string(&c)?),
+        ConfigCommand::SetCluster { name, servers } => {
+            c.set_cluster(&name, servers);
+            c.save(path)?;
+            println!("cluster {name:?} set in {}", path.display());
+        }
+        ConfigCommand::UseCluster { name } => {
+            c.use_cluster(&name)?;
+            c.save(path)?;
+            println!("switched to cluster {name:?}");
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -101,15 +166,48 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Commands that need no server connection, and the server itself, come first: a broken
+    // CLI config file must not stop them.
+    let command = match cli.command {
+        Command::Server { config, data_dir } => {
+            return cli::server(&config, data_dir.as_deref()).await
+        }
+        Command::Explain { path } => return cli::explain(&path),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "flotilla",
+                &mut std::io::stdout(),
+            );
+            return Ok(());
+        }
+        other => other,
+    };
+    // An explicitly named file must exist, except for `config` commands, which create it.
+    let creating = matches!(command, Command::Config { .. });
+    let (config_path, must_exist) = match &cli.config {
+        Some(p) => (p.clone(), !creating),
+        None => match clientconfig::default_path() {
+            Some(p) => (p, false),
+            None => (PathBuf::from(".flotilla-config"), false),
+        },
+    };
+    let file = clientconfig::ClientConfig::load(&config_path, must_exist)?;
     let conn = cli::Conn {
-        servers: cli.server,
+        servers: resolve_servers(cli.server, &file),
         timeout: std::time::Duration::from_secs(cli.timeout_secs.max(1)),
     };
-    match cli.command {
-        Command::Server { config, data_dir } => cli::server(&config, data_dir.as_deref()).await,
+    match command {
+        Command::Config { command } => config_command(&config_path, file, command),
         Command::Cluster { command } => cli::cluster(&conn, command).await,
-        Command::Apply { files } => cli::apply(&conn, &files).await,
+        Command::Apply(args) => cli::apply(&conn, args).await,
+        Command::Create(args) => cli::create(&conn, args).await,
         Command::Get(args) => cli::get(&conn, args).await,
         Command::Delete(args) => cli::delete(&conn, args).await,
+        Command::Label(args) => cli::set_metadata(&conn, args, false).await,
+        Command::Annotate(args) => cli::set_metadata(&conn, args, true).await,
+        Command::Server { .. } | Command::Explain { .. } | Command::Completion { .. } => Ok(()),
     }
 }

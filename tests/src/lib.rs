@@ -46,6 +46,8 @@ pub struct Opts {
     pub watch_history_revisions: u64,
     pub watch_progress_interval_ms: u64,
     pub max_object_bytes: usize,
+    /// Extra `key = value` lines for the servers' `[limits]` table.
+    pub extra_limits: Vec<String>,
 }
 
 impl Default for Opts {
@@ -59,6 +61,7 @@ impl Default for Opts {
             watch_history_revisions: 100_000,
             watch_progress_interval_ms: 1000,
             max_object_bytes: 4 * 1024 * 1024,
+            extra_limits: Vec::new(),
         }
     }
 }
@@ -167,6 +170,9 @@ impl Cluster {
             "\n[limits]\nwatch_history_revisions = {}\nwatch_progress_interval_ms = {}\nmax_object_bytes = {}\nleader_wait_ms = 5000\n",
             o.watch_history_revisions, o.watch_progress_interval_ms, o.max_object_bytes
         ));
+        for l in &o.extra_limits {
+            text.push_str(&format!("{l}\n"));
+        }
         std::fs::write(&s.config, text).expect("write config");
     }
 
@@ -438,19 +444,23 @@ pub fn cm_key(name: &str) -> flotilla_api::ObjectKey {
 
 /// Run the flotilla CLI; returns (exit success, stdout, stderr).
 pub fn cli(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    cli_without_env(args, stdin, &[])
+    cli_env(args, stdin, &[], &[])
 }
 
-/// [`cli`] with some environment variables removed (FLOTILLA_SERVER, to test the config file).
-pub fn cli_without_env(
+/// [`cli`] with environment variables set (EDITOR) or removed (FLOTILLA_SERVER).
+pub fn cli_env(
     args: &[&str],
     stdin: Option<&str>,
+    set: &[(&str, &str)],
     unset: &[&str],
 ) -> (bool, String, String) {
     use std::io::Write;
     let mut cmd = Command::new(flotilla_bin());
     for v in unset {
         cmd.env_remove(v);
+    }
+    for (k, v) in set {
+        cmd.env(k, v);
     }
     let mut child = cmd
         .args(args)

@@ -6,7 +6,11 @@
 
 use std::time::Duration;
 
-use flotilla_tests::{cli, cli_without_env, Cluster, Opts};
+use flotilla_tests::{cli, cli_env, Cluster, Opts};
+
+fn cli_without_env(args: &[&str], stdin: Option<&str>, unset: &[&str]) -> (bool, String, String) {
+    cli_env(args, stdin, &[], unset)
+}
 
 fn cm(name: &str) -> String {
     format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  k: v\n")

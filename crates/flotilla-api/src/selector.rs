@@ -19,6 +19,113 @@ enum Requirement {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selector {
     reqs: Vec<Requirement>,
+    fields: FieldSelector,
+}
+
+/// The fields a field selector may name (Kubernetes supports a per-kind subset too).
+pub const SELECTABLE_FIELDS: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "spec.nodeName",
+    "spec.schedulerName",
+    "spec.unschedulable",
+    "status.phase",
+    "type",
+    "reason",
+    "involvedObject.kind",
+    "involvedObject.name",
+    "involvedObject.namespace",
+    "involvedObject.uid",
+];
+
+/// A field selector: `field=value`, `field==value`, `field!=value`, joined by commas.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldSelector {
+    reqs: Vec<(String, bool, String)>,
+}
+
+impl FieldSelector {
+    pub fn parse(text: &str) -> Result<FieldSelector, ApiError> {
+        let mut reqs = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (field, eq, value) = if let Some((f, v)) = part.split_once("!=") {
+                (f, false, v)
+            } else if let Some((f, v)) = part.split_once("==") {
+                (f, true, v)
+            } else if let Some((f, v)) = part.split_once('=') {
+                (f, true, v)
+            } else {
+                return Err(ApiError::invalid(
+                    "fieldSelector",
+                    format!("invalid selector {part:?}: expected field=value or field!=value"),
+                ));
+            };
+            let field = field.trim();
+            if !SELECTABLE_FIELDS.contains(&field) {
+                return Err(ApiError::invalid(
+                    "fieldSelector",
+                    format!(
+                        "field label not supported: {field} (supported: {})",
+                        SELECTABLE_FIELDS.join(", ")
+                    ),
+                ));
+            }
+            reqs.push((field.to_string(), eq, value.trim().to_string()));
+        }
+        Ok(FieldSelector { reqs })
+    }
+
+    pub fn matches(&self, o: &crate::pb::api::Object) -> bool {
+        self.reqs
+            .iter()
+            .all(|(f, eq, v)| (field_value(o, f) == *v) == *eq)
+    }
+}
+
+/// A selectable field's value as a string ("" when unset).
+fn field_value(o: &crate::pb::api::Object, field: &str) -> String {
+    use crate::pb::api::object::Body;
+    let m = o.meta();
+    match (field, &o.body) {
+        ("metadata.name", _) => m.name.clone(),
+        ("metadata.namespace", _) => m.namespace.clone(),
+        ("spec.nodeName", Some(Body::Pod(p))) => p
+            .spec
+            .as_ref()
+            .map(|s| s.node_name.clone())
+            .unwrap_or_default(),
+        ("spec.schedulerName", Some(Body::Pod(p))) => p
+            .spec
+            .as_ref()
+            .map(|s| s.scheduler_name.clone())
+            .unwrap_or_default(),
+        ("status.phase", Some(Body::Pod(p))) => p
+            .status
+            .as_ref()
+            .map(|s| s.phase.clone())
+            .unwrap_or_default(),
+        ("status.phase", Some(Body::Namespace(n))) => n
+            .status
+            .as_ref()
+            .map(|s| s.phase.clone())
+            .unwrap_or_default(),
+        ("spec.unschedulable", Some(Body::Node(n))) => {
+            n.spec.as_ref().is_some_and(|s| s.unschedulable).to_string()
+        }
+        ("type", Some(Body::Secret(s))) => s.r#type.clone(),
+        ("type", Some(Body::Event(e))) => e.r#type.clone(),
+        ("reason", Some(Body::Event(e))) => e.reason.clone(),
+        (f, Some(Body::Event(e))) if f.starts_with("involvedObject.") => {
+            let r = e.involved_object.clone().unwrap_or_default();
+            match f {
+                "involvedObject.kind" => r.kind,
+                "involvedObject.name" => r.name,
+                "involvedObject.namespace" => r.namespace,
+                _ => r.uid,
+            }
+        }
+        _ => String::new(),
+    }
 }
 
 impl Selector {
@@ -47,11 +154,25 @@ impl Selector {
             };
             reqs.push(req);
         }
-        Ok(Selector { reqs })
+        Ok(Selector {
+            reqs,
+            fields: FieldSelector::default(),
+        })
+    }
+
+    /// Also require the field selector `text`.
+    pub fn with_fields(mut self, text: &str) -> Result<Selector, ApiError> {
+        self.fields = FieldSelector::parse(text)?;
+        Ok(self)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.reqs.is_empty()
+        self.reqs.is_empty() && self.fields.reqs.is_empty()
+    }
+
+    /// Labels and fields of `o` both match.
+    pub fn matches_object(&self, o: &crate::pb::api::Object) -> bool {
+        self.matches(&o.meta().labels) && self.fields.matches(o)
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
@@ -123,6 +244,28 @@ fn parse_set(s: &str) -> Result<Vec<String>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_selectors() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {nodeName: n1, containers: [{name: c, image: i}]}\n";
+        let pod = crate::manifest::parse_manifests("p", text)
+            .unwrap()
+            .remove(0)
+            .object;
+        let s = |t: &str| Selector::default().with_fields(t).unwrap();
+        assert!(s("spec.nodeName=n1").matches_object(&pod));
+        assert!(s("spec.nodeName==n1,metadata.name=p").matches_object(&pod));
+        assert!(!s("spec.nodeName=n2").matches_object(&pod));
+        assert!(s("spec.nodeName!=n2").matches_object(&pod));
+        assert!(s("status.phase=").matches_object(&pod));
+        let e = Selector::default().with_fields("spec.bogus=1").unwrap_err();
+        assert!(
+            e.message.contains("field label not supported: spec.bogus"),
+            "{}",
+            e.message
+        );
+        assert!(Selector::default().with_fields("spec.nodeName").is_err());
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

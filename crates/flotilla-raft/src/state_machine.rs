@@ -645,7 +645,7 @@ impl StoreReader {
                 break;
             }
             let o: Object = decode(p, "object", v.value())?;
-            if selector.matches(&o.meta().labels) {
+            if selector.matches_object(&o) {
                 items.push(o);
             }
         }

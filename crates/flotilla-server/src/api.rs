@@ -417,7 +417,7 @@ impl ObjectService for ObjectApi {
         if req.kind.is_empty() {
             return Err(ApiError::invalid("kind", "must be set").into());
         }
-        let selector = Selector::parse(&req.label_selector)?;
+        let selector = Selector::parse(&req.label_selector)?.with_fields(&req.field_selector)?;
         let after = if req.continue_token.is_empty() {
             None
         } else {

@@ -88,6 +88,12 @@ pub struct Limits {
     pub leader_wait_ms: u64,
     /// Concurrent watch streams served by this server.
     pub max_watchers: usize,
+    /// Events whose last occurrence is older than this are deleted (Kubernetes: 1 h).
+    pub event_ttl_ms: u64,
+    /// How often the leader looks for expired Events.
+    pub event_gc_interval_ms: u64,
+    /// Expired Events deleted per look, at most.
+    pub event_gc_batch: usize,
 }
 
 impl Default for Limits {
@@ -106,6 +112,9 @@ impl Default for Limits {
             write_timeout_ms: 10_000,
             leader_wait_ms: 5000,
             max_watchers: 10_000,
+            event_ttl_ms: 3_600_000,
+            event_gc_interval_ms: 60_000,
+            event_gc_batch: 1000,
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod api;
 pub mod config;
+pub mod events;
 pub mod metrics;
 pub mod node;
 pub mod proposer;

@@ -271,6 +271,7 @@ pub async fn start(config: ServerConfig, data_dir: PathBuf) -> Result<ServerHand
     let token = node.shutdown.clone();
     let max_req = config.limits.max_request_bytes;
     let proposer = crate::proposer::Proposer::start(node.clone(), &tasks);
+    crate::events::start(node.clone(), proposer.clone(), &tasks);
     let object_svc = ObjectServiceServer::new(crate::api::ObjectApi::new(node.clone(), proposer))
         .max_decoding_message_size(max_req)
         .max_encoding_message_size(usize::MAX);

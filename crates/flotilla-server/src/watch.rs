@@ -36,7 +36,7 @@ impl Filter {
         o.kind == self.kind
             && (self.namespace.is_empty() || m.namespace == self.namespace)
             && (self.name.is_empty() || m.name == self.name)
-            && self.selector.matches(&m.labels)
+            && self.selector.matches_object(o)
     }
 }
 
@@ -51,7 +51,7 @@ pub fn start(
         kind: req.kind.clone(),
         namespace: req.namespace.clone(),
         name: req.name.clone(),
-        selector: Selector::parse(&req.label_selector)?,
+        selector: Selector::parse(&req.label_selector)?.with_fields(&req.field_selector)?,
     };
     let permit = node.watchers.clone().try_acquire_owned().map_err(|_| {
         ApiError::unavailable(format!(

@@ -84,6 +84,9 @@ pub struct GetArgs {
     all_namespaces: bool,
     #[arg(short = 'l', long)]
     selector: Option<String>,
+    /// Field selector: spec.nodeName=NODE, status.phase!=Running, metadata.name=N ...
+    #[arg(long = "field-selector")]
+    field_selector: Option<String>,
     #[arg(short = 'o', long = "output", value_enum)]
     output: Option<OutputFormat>,
     /// After listing, watch for changes.
@@ -109,6 +112,14 @@ pub struct DeleteArgs {
     /// Delete every object of the type matching this label selector.
     #[arg(short = 'l', long)]
     selector: Option<String>,
+}
+
+#[derive(Args)]
+pub struct DescribeArgs {
+    resource: String,
+    name: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
 }
 
 #[derive(Args)]
@@ -322,7 +333,11 @@ pub async fn get(conn: &Conn, a: GetArgs) -> anyhow::Result<()> {
             let (o, rev) = c.get(key, a.stale).await?;
             (vec![o], rev)
         }
-        None => c.list(kind, &ns, &selector, a.stale).await?,
+        None => {
+            let fields = a.field_selector.clone().unwrap_or_default();
+            c.list_fields(kind, &ns, &selector, &fields, a.stale)
+                .await?
+        }
     };
     if a.stale {
         eprintln!("(stale read from {} at revision {revision})", c.server());
@@ -348,7 +363,15 @@ pub async fn get(conn: &Conn, a: GetArgs) -> anyhow::Result<()> {
                     eprintln!("No resources found in {} namespace.", a.namespace);
                 }
             } else {
-                print!("{}", output::table(&objects, a.all_namespaces, true));
+                print!(
+                    "{}",
+                    output::table(
+                        &objects,
+                        a.all_namespaces,
+                        true,
+                        a.output == Some(OutputFormat::Wide)
+                    )
+                );
             }
         }
     }
@@ -361,6 +384,7 @@ pub async fn get(conn: &Conn, a: GetArgs) -> anyhow::Result<()> {
         label_selector: selector,
         start_revision: revision,
         name: a.name.clone().unwrap_or_default(),
+        field_selector: a.field_selector.clone().unwrap_or_default(),
     };
     let mut stream = c.watch(req).await?;
     while let Some(ev) = stream
@@ -383,7 +407,15 @@ pub async fn get(conn: &Conn, a: GetArgs) -> anyhow::Result<()> {
             ),
             Some(OutputFormat::Name) => println!("{}", output::name_of(&o)),
             None | Some(OutputFormat::Wide) => {
-                print!("{}", output::table(&[o], a.all_namespaces, false))
+                print!(
+                    "{}",
+                    output::table(
+                        &[o],
+                        a.all_namespaces,
+                        false,
+                        a.output == Some(OutputFormat::Wide)
+                    )
+                )
             }
         }
     }
@@ -497,6 +529,107 @@ pub async fn set_metadata(conn: &Conn, a: MetaArgs, annotations: bool) -> anyhow
         }
     }
     bail!("{key} kept changing; try again")
+}
+
+/// kubectl describe: the object, then the Events recorded against it, oldest first.
+pub async fn describe(conn: &Conn, a: DescribeArgs) -> anyhow::Result<()> {
+    let kind = kind_of(&a.resource)?;
+    let key = ObjectKey {
+        kind: kind.into(),
+        namespace: ns_for(kind, &a.namespace),
+        name: a.name.clone(),
+    };
+    let mut c = conn.client().await?;
+    let (o, _) = c.get(key, false).await?;
+    let fields = format!("involvedObject.kind={kind},involvedObject.name={}", a.name);
+    let (mut events, _) = c
+        .list_fields("Event", &o.meta().namespace, "", &fields, false)
+        .await?;
+    events.sort_by_key(|e| match &e.body {
+        Some(flotilla_api::pb::api::object::Body::Event(ev)) => ev.last_timestamp.clone(),
+        _ => String::new(),
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    print!("{}", output::describe(&o, &events, now));
+    Ok(())
+}
+
+/// kubectl edit: the object as YAML in `$KUBE_EDITOR`, `$EDITOR` or `vi`, written back with
+/// the resourceVersion it was read at (a concurrent change is a conflict, not overwritten).
+pub async fn edit(conn: &Conn, a: DescribeArgs) -> anyhow::Result<()> {
+    let kind = kind_of(&a.resource)?;
+    let key = ObjectKey {
+        kind: kind.into(),
+        namespace: ns_for(kind, &a.namespace),
+        name: a.name.clone(),
+    };
+    let mut c = conn.client().await?;
+    let (o, _) = c.get(key.clone(), false).await?;
+    let original = serde_yaml_ng::to_string(&manifest::object_to_value(&o))?;
+    let path = std::env::temp_dir().join(format!(
+        "flotilla-edit-{}-{}.yaml",
+        std::process::id(),
+        a.name
+    ));
+    let header = "# Edit the object below; lines starting with '#' are ignored.\n# Saving an empty file cancels the edit.\n";
+    std::fs::write(&path, format!("{header}{original}"))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let editor = std::env::var("KUBE_EDITOR")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    // Through sh, so an editor given with arguments ("code --wait") works.
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(&path)
+        .status()
+        .with_context(|| format!("cannot run editor {editor:?}"))?;
+    if !status.success() {
+        bail!(
+            "editor {editor:?} failed ({status}); the edit is in {}",
+            path.display()
+        );
+    }
+    let edited = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let body: String = edited
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if body.trim().is_empty() || body == original {
+        let _ = std::fs::remove_file(&path);
+        println!("Edit cancelled, no changes made.");
+        return Ok(());
+    }
+    let mut objs = manifest::parse_manifests(&path.display().to_string(), &body)
+        .with_context(|| format!("the edit is kept in {}", path.display()))?;
+    if objs.len() != 1 {
+        bail!(
+            "the edited file must hold exactly one object; the edit is in {}",
+            path.display()
+        );
+    }
+    let mut next = objs.remove(0).object;
+    if next.key() != key {
+        bail!(
+            "the edit changed which object this is ({} → {}); kind, name and namespace cannot be edited",
+            key,
+            next.key()
+        );
+    }
+    next.meta_mut().resource_version = o.meta().resource_version;
+    let done = c
+        .update(next)
+        .await
+        .with_context(|| format!("the edit is kept in {}", path.display()))?;
+    let _ = std::fs::remove_file(&path);
+    println!("{} edited", output::name_of(&done));
+    Ok(())
 }
 
 /// kubectl explain: a kind's fields (or a field's), with their types, from the schema.

@@ -59,6 +59,10 @@ enum Command {
     Get(cli::GetArgs),
     /// Delete objects by name, by label selector, or as described by manifests.
     Delete(cli::DeleteArgs),
+    /// Show an object in detail, with the Events recorded against it.
+    Describe(cli::DescribeArgs),
+    /// Edit an object in $KUBE_EDITOR / $EDITOR (default vi) and write it back.
+    Edit(cli::DescribeArgs),
     /// Set (key=value) or remove (key-) labels.
     Label(cli::MetaArgs),
     /// Set (key=value) or remove (key-) annotations.
@@ -206,6 +210,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Create(args) => cli::create(&conn, args).await,
         Command::Get(args) => cli::get(&conn, args).await,
         Command::Delete(args) => cli::delete(&conn, args).await,
+        Command::Describe(args) => cli::describe(&conn, args).await,
+        Command::Edit(args) => cli::edit(&conn, args).await,
         Command::Label(args) => cli::set_metadata(&conn, args, false).await,
         Command::Annotate(args) => cli::set_metadata(&conn, args, true).await,
         Command::Server { .. } | Command::Explain { .. } | Command::Completion { .. } => Ok(()),

@@ -434,12 +434,135 @@ fn render(t: &Table, header: bool) -> String {
 }
 
 /// kubectl's table for objects of one kind: NAMESPACE (with -A), NAME, the kind's columns, AGE.
-pub fn table(objects: &[Object], with_namespace: bool, header: bool) -> String {
-    table_at(objects, with_namespace, header, now_ms())
+pub fn table(objects: &[Object], with_namespace: bool, header: bool, wide: bool) -> String {
+    table_at(objects, with_namespace, header, wide, now_ms())
+}
+
+/// `-o wide`'s extra columns, after the normal ones.
+fn wide_columns(kind: &str) -> Vec<&'static str> {
+    match kind {
+        "Pod" => vec!["IP", "NODE"],
+        "Deployment" | "ReplicaSet" | "DaemonSet" | "Job" => {
+            vec!["CONTAINERS", "IMAGES", "SELECTOR"]
+        }
+        "StatefulSet" => vec!["CONTAINERS", "IMAGES"],
+        "Service" => vec!["SELECTOR"],
+        "Node" => vec![
+            "INTERNAL-IP",
+            "OS-IMAGE",
+            "KERNEL-VERSION",
+            "CONTAINER-RUNTIME",
+        ],
+        _ => vec![],
+    }
+}
+
+fn containers_images(t: Option<&flotilla_api::pb::api::PodTemplateSpec>) -> [String; 2] {
+    let cs = t
+        .and_then(|t| t.spec.as_ref())
+        .map(|s| s.containers.as_slice())
+        .unwrap_or(&[]);
+    [
+        cs.iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        cs.iter()
+            .map(|c| c.image.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+    ]
+}
+
+fn selector_text(s: Option<&flotilla_api::pb::api::LabelSelector>) -> String {
+    let Some(s) = s else { return "<none>".into() };
+    let mut parts = key_values(&s.match_labels);
+    for e in &s.match_expressions {
+        parts.push(match e.operator.as_str() {
+            "Exists" => e.key.clone(),
+            "DoesNotExist" => format!("!{}", e.key),
+            op => format!(
+                "{} {} ({})",
+                e.key,
+                op.to_ascii_lowercase(),
+                e.values.join(",")
+            ),
+        });
+    }
+    or_none(&parts.join(","))
+}
+
+fn wide_cells(o: &Object) -> Vec<String> {
+    let with_sel = |[c, i]: [String; 2], sel: String| vec![c, i, sel];
+    match &o.body {
+        Some(Body::Pod(p)) => vec![
+            or_none(p.status.as_ref().map(|s| s.pod_ip.as_str()).unwrap_or("")),
+            or_none(p.spec.as_ref().map(|s| s.node_name.as_str()).unwrap_or("")),
+        ],
+        Some(Body::Deployment(d)) => {
+            let s = d.spec.as_ref();
+            with_sel(
+                containers_images(s.and_then(|s| s.template.as_ref())),
+                selector_text(s.and_then(|s| s.selector.as_ref())),
+            )
+        }
+        Some(Body::ReplicaSet(r)) => {
+            let s = r.spec.as_ref();
+            with_sel(
+                containers_images(s.and_then(|s| s.template.as_ref())),
+                selector_text(s.and_then(|s| s.selector.as_ref())),
+            )
+        }
+        Some(Body::DaemonSet(d)) => {
+            let s = d.spec.as_ref();
+            with_sel(
+                containers_images(s.and_then(|s| s.template.as_ref())),
+                selector_text(s.and_then(|s| s.selector.as_ref())),
+            )
+        }
+        Some(Body::Job(j)) => {
+            let s = j.spec.as_ref();
+            with_sel(
+                containers_images(s.and_then(|s| s.template.as_ref())),
+                selector_text(s.and_then(|s| s.selector.as_ref())),
+            )
+        }
+        Some(Body::StatefulSet(x)) => {
+            containers_images(x.spec.as_ref().and_then(|s| s.template.as_ref())).to_vec()
+        }
+        Some(Body::Service(sv)) => {
+            vec![or_none(
+                &key_values(&sv.spec.clone().unwrap_or_default().selector).join(","),
+            )]
+        }
+        Some(Body::Node(n)) => {
+            let st = n.status.clone().unwrap_or_default();
+            let ip = st
+                .addresses
+                .iter()
+                .find(|a| a.r#type == "InternalIP")
+                .map(|a| a.address.clone())
+                .unwrap_or_default();
+            let info = st.node_info.unwrap_or_default();
+            vec![
+                or_none(&ip),
+                or_none(&info.os_image),
+                or_none(&info.kernel_version),
+                or_none(&info.container_runtime_version),
+            ]
+        }
+        _ => vec![],
+    }
 }
 
 /// The table as it reads at `now` (milliseconds since the epoch): ages depend on it.
-pub fn table_at(objects: &[Object], with_namespace: bool, header: bool, now: i64) -> String {
+pub fn table_at(
+    objects: &[Object],
+    with_namespace: bool,
+    header: bool,
+    wide: bool,
+    now: i64,
+) -> String {
     let kind = objects.first().map(|o| o.kind.as_str()).unwrap_or("");
     if kind == "Event" {
         return events_table(objects, with_namespace, header, now);
@@ -459,6 +582,9 @@ pub fn table_at(objects: &[Object], with_namespace: bool, header: bool, now: i64
     if age_last {
         headers.push("AGE");
     }
+    if wide {
+        headers.extend(wide_columns(kind));
+    }
     let mut t = new_table(headers);
     for o in objects {
         let m = o.meta();
@@ -470,6 +596,9 @@ pub fn table_at(objects: &[Object], with_namespace: bool, header: bool, now: i64
         row.extend(kind_cells(o, now));
         if age_last {
             row.push(age(m.creation_timestamp_ms, now));
+        }
+        if wide {
+            row.extend(wide_cells(o));
         }
         t.add_row(row);
     }
@@ -520,6 +649,169 @@ pub fn status_json(st: &ClusterStatus) -> Value {
             "lag": m.lag,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// `camelCase` → `Camel Case`, as kubectl describe prints field names.
+fn title(key: &str) -> String {
+    let mut out = String::new();
+    let mut prev_lower = false;
+    for (i, c) in key.chars().enumerate() {
+        if i == 0 {
+            out.extend(c.to_uppercase());
+        } else {
+            if c.is_ascii_uppercase() && prev_lower {
+                out.push(' ');
+            }
+            out.push(c);
+        }
+        prev_lower = c.is_ascii_lowercase();
+    }
+    out
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "<none>".into(),
+        other => other.to_string(),
+    }
+}
+
+/// kubectl describe's nested "Key:  value" rendering of a JSON tree.
+fn describe_tree(v: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                match x {
+                    Value::Object(inner) if inner.is_empty() => {
+                        out.push_str(&format!("{pad}{}:  <none>\n", title(k)))
+                    }
+                    Value::Array(a) if a.is_empty() => {
+                        out.push_str(&format!("{pad}{}:  <none>\n", title(k)))
+                    }
+                    Value::Object(_) | Value::Array(_) => {
+                        out.push_str(&format!("{pad}{}:\n", title(k)));
+                        describe_tree(x, indent + 2, out);
+                    }
+                    _ => out.push_str(&format!("{pad}{}:  {}\n", title(k), scalar(x))),
+                }
+            }
+        }
+        Value::Array(a) => {
+            for x in a {
+                match x {
+                    Value::Object(_) | Value::Array(_) => describe_tree(x, indent, out),
+                    _ => out.push_str(&format!("{pad}{}\n", scalar(x))),
+                }
+            }
+        }
+        other => out.push_str(&format!("{pad}{}\n", scalar(other))),
+    }
+}
+
+fn key_values(m: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    m.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// kubectl describe: the object's metadata and fields, then its recent Events. A Secret's
+/// values are never shown, only their sizes.
+pub fn describe(o: &Object, events: &[Object], now: i64) -> String {
+    let m = o.meta();
+    let mut out = String::new();
+    let line = |out: &mut String, label: &str, values: Vec<String>| {
+        let first = values.first().cloned().unwrap_or_else(|| "<none>".into());
+        out.push_str(&format!("{:<20}{first}\n", format!("{label}:")));
+        for v in values.iter().skip(1) {
+            out.push_str(&format!("{:<20}{v}\n", ""));
+        }
+    };
+    line(&mut out, "Name", vec![m.name.clone()]);
+    if !m.namespace.is_empty() {
+        line(&mut out, "Namespace", vec![m.namespace.clone()]);
+    }
+    line(&mut out, "Labels", key_values(&m.labels));
+    line(&mut out, "Annotations", key_values(&m.annotations));
+    line(
+        &mut out,
+        "CreationTimestamp",
+        vec![manifest::format_timestamp_ms(m.creation_timestamp_ms)],
+    );
+    if let Some(d) = m.deletion_timestamp_ms {
+        line(
+            &mut out,
+            "DeletionTimestamp",
+            vec![manifest::format_timestamp_ms(d)],
+        );
+    }
+    if !m.finalizers.is_empty() {
+        line(&mut out, "Finalizers", m.finalizers.clone());
+    }
+    if let Some(c) = m.owner_references.iter().find(|r| r.controller) {
+        line(
+            &mut out,
+            "Controlled By",
+            vec![format!("{}/{}", c.kind, c.name)],
+        );
+    }
+    match &o.body {
+        Some(Body::Secret(sec)) => {
+            out.push_str(&format!("\nType:  {}\n\nData\n====\n", sec.r#type));
+            for (k, v) in &sec.data {
+                out.push_str(&format!("{k}:  {} bytes\n", v.len()));
+            }
+        }
+        _ => {
+            let mut v = manifest::object_to_value(o);
+            if let Value::Object(top) = &mut v {
+                for k in ["apiVersion", "kind", "metadata"] {
+                    top.remove(k);
+                }
+            }
+            describe_tree(&v, 0, &mut out);
+        }
+    }
+    if events.is_empty() {
+        out.push_str("Events:             <none>\n");
+        return out;
+    }
+    out.push_str("Events:\n");
+    let mut t = new_table(vec!["Type", "Reason", "Age", "From", "Message"]);
+    t.add_row(vec!["----", "------", "----", "----", "-------"]);
+    for ev in events {
+        let Some(Body::Event(e)) = &ev.body else {
+            continue;
+        };
+        let seen = parse_time(&e.last_timestamp).unwrap_or(ev.meta().creation_timestamp_ms);
+        let mut when = age(seen, now);
+        if e.count > 1 {
+            when = format!(
+                "{when} (x{} over {})",
+                e.count,
+                age(parse_time(&e.first_timestamp).unwrap_or(seen), now)
+            );
+        }
+        let from = e
+            .source
+            .as_ref()
+            .map(|s| s.component.clone())
+            .unwrap_or_default();
+        t.add_row(vec![
+            e.r#type.clone(),
+            e.reason.clone(),
+            when,
+            from,
+            e.message.clone(),
+        ]);
+    }
+    for c in t.column_iter_mut() {
+        c.set_padding((0, 2));
+        c.set_cell_alignment(CellAlignment::Left);
+    }
+    for l in render(&t, true).lines() {
+        out.push_str(&format!("  {l}\n"));
+    }
+    out
 }
 
 pub fn status_table(st: &ClusterStatus) -> String {
@@ -711,6 +1003,54 @@ mod golden {
     }
 
     #[test]
+    fn describe_shows_fields_and_events_but_never_secret_values() {
+        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: s, labels: {a: b}}\nstringData: {password: hunter2}\n";
+        let mut o = manifest::parse_manifests("s", text)
+            .unwrap()
+            .remove(0)
+            .object;
+        flotilla_api::kinds::apply_defaults(&mut o);
+        let d = describe(&o, &[], NOW);
+        assert!(
+            d.contains("Name:               s\n") && d.contains("Labels:             a=b\n"),
+            "{d}"
+        );
+        assert!(
+            d.contains("password:  7 bytes") && !d.contains("hunter2") && !d.contains("aHVudGVyMg"),
+            "{d}"
+        );
+        assert!(d.ends_with("Events:             <none>\n"), "{d}");
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../cluster-configs/examples/nginx-deployment.yaml"
+        ))
+        .unwrap();
+        let dep = manifest::parse_manifests("d", &text)
+            .unwrap()
+            .remove(0)
+            .object;
+        let ev_text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../cluster-configs/examples/event.yaml"
+        ))
+        .unwrap();
+        let ev = with_status(
+            manifest::parse_manifests("e", &ev_text)
+                .unwrap()
+                .remove(0)
+                .object,
+        );
+        let d = describe(&dep, &[ev], NOW);
+        assert!(
+            d.contains("Spec:\n  Progress Deadline Seconds:  600\n"),
+            "{d}"
+        );
+        assert!(d.contains("        Image:  nginx:1.7.9"), "{d}");
+        assert!(d.contains("Events:\n  Type    Reason"), "{d}");
+        assert!(d.contains("Normal  ScalingReplicaSet  80s"), "{d}");
+    }
+
+    #[test]
     fn tables_of_every_kind_match_their_golden_files() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let examples = root.join("../../cluster-configs/examples");
@@ -736,9 +1076,10 @@ mod golden {
         let mut mismatches = Vec::new();
         for (kind, objects) in &by_kind {
             let got = format!(
-                "{}\n{}",
-                table_at(objects, false, true, NOW),
-                table_at(objects, true, true, NOW)
+                "{}\n{}\n{}",
+                table_at(objects, false, true, false, NOW),
+                table_at(objects, true, true, false, NOW),
+                table_at(objects, false, true, true, NOW)
             );
             let file = root
                 .join("src/golden")

@@ -1,7 +1,8 @@
 //! Proves the kubectl-style verbs beyond apply/get through the real CLI against a real
 //! three-server cluster: `-f` with directories and `-R`, `create` (refuses what exists),
 //! `label` and `annotate` (set, refuse to overwrite without --overwrite, remove), `delete` by
-//! label selector and by manifest, `explain` from the schema, shell completion, and the CLI
+//! label selector and by manifest, `delete --wait` waiting out finalizers, `explain` from
+//! the schema, shell completion, and the CLI
 //! config file with named clusters replacing `--server`.
 
 use std::time::Duration;
@@ -81,6 +82,42 @@ async fn kubectl_verbs_and_config_file() {
     assert_eq!(out, "configmap \"a\" deleted\n");
     let (_, out, _) = cli(&[s[0], s[1], "get", "cm", "-o", "name"], None);
     assert_eq!(out, "");
+
+    // delete --wait (the default) waits while finalizers hold the object; --wait=false not.
+    let held = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers: [example.com/hold]\n";
+    let (ok, _, err) = cli(&[s[0], s[1], "apply", "-f", "-"], Some(held));
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&[s[0], s[1], "delete", "cm", "held", "--wait=false"], None);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "configmap/held marked for deletion (waiting on finalizers: example.com/hold)\n"
+    );
+    let args: Vec<String> = [s[0], s[1], "delete", "cm", "held"]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+    let waiter = std::thread::spawn(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&a, None)
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !waiter.is_finished(),
+        "delete returned while the finalizer still held the object"
+    );
+    let mut c = cluster.client().await;
+    let key = flotilla_api::pb::api::ObjectKey {
+        kind: "ConfigMap".into(),
+        namespace: "default".into(),
+        name: "held".into(),
+    };
+    let (mut o, _) = c.get(key, false).await.unwrap();
+    o.meta_mut().finalizers.clear();
+    c.update(o).await.unwrap();
+    let (ok, out, err) = waiter.join().unwrap();
+    assert!(ok, "{err}");
+    assert!(out.ends_with("configmap \"held\" deleted\n"), "{out}");
 
     // explain and completion need no server.
     let (ok, out, err) = cli(&["explain", "deployment.spec.strategy"], None);

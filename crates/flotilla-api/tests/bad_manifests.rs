@@ -156,3 +156,15 @@ fn shipped_examples_parse_and_the_classic_deployment_is_defaulted() {
     assert_eq!(c.image_pull_policy, "IfNotPresent");
     assert_eq!(c.ports[0].protocol, "TCP");
 }
+
+#[test]
+fn json_documents_and_lists_parse_like_yaml() {
+    let json = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"d"},"spec":{"replicas":1,"selector":{"matchLabels":{"a":"b"}},"template":{"metadata":{"labels":{"a":"b"}},"spec":{"containers":[{"name":"c","image":"i:1"}]}}}}"#;
+    let objs = parse_manifests("d.json", json).unwrap();
+    assert_eq!(objs[0].object.kind, "Deployment");
+    let list = format!(r#"{{"apiVersion":"v1","kind":"List","items":[{json},{json}]}}"#);
+    assert_eq!(parse_manifests("l.json", &list).unwrap().len(), 2);
+    let bad = json.replace("\"replicas\":1", "\"replicas\":\"x\"");
+    let e = parse_manifests("d.json", &bad).unwrap_err();
+    assert_eq!(e.path, "spec.replicas");
+}

@@ -112,6 +112,13 @@ pub struct DeleteArgs {
     /// Delete every object of the type matching this label selector.
     #[arg(short = 'l', long)]
     selector: Option<String>,
+    /// Wait until objects held by finalizers are really gone (as kubectl; --wait=false
+    /// returns once deletion has begun).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    wait: bool,
+    /// How long --wait waits, in seconds.
+    #[arg(long = "wait-timeout-secs", default_value_t = 300)]
+    wait_timeout_secs: u64,
 }
 
 #[derive(Args)]
@@ -472,12 +479,55 @@ pub async fn delete(conn: &Conn, a: DeleteArgs) -> anyhow::Result<()> {
                 "{what} marked for deletion (waiting on finalizers: {})",
                 o.meta().finalizers.join(", ")
             );
+            if a.wait {
+                wait_gone(&mut c, &o, Duration::from_secs(a.wait_timeout_secs)).await?;
+                let (resource, name) = what.split_once('/').unwrap_or((&what, ""));
+                println!("{resource} \"{name}\" deleted");
+            }
         } else {
             let (resource, name) = what.split_once('/').unwrap_or((&what, ""));
             println!("{resource} \"{name}\" deleted");
         }
     }
     Ok(())
+}
+
+/// Watch `o` from its revision until it is deleted, bounded by `limit`.
+async fn wait_gone(
+    c: &mut Client,
+    o: &flotilla_api::pb::api::Object,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let m = o.meta();
+    let req = WatchRequest {
+        kind: o.kind.clone(),
+        namespace: m.namespace.clone(),
+        label_selector: String::new(),
+        start_revision: m.resource_version,
+        name: m.name.clone(),
+        field_selector: String::new(),
+    };
+    let wait = async {
+        let mut stream = c.watch(req).await?;
+        while let Some(ev) = stream
+            .message()
+            .await
+            .map_err(|s| flotilla_api::ApiError::from_status(&s))?
+        {
+            if ev.r#type == EventType::Deleted as i32 {
+                return Ok::<_, anyhow::Error>(());
+            }
+        }
+        bail!("the watch ended before {} was deleted", output::name_of(o))
+    };
+    tokio::time::timeout(limit, wait).await.map_err(|_| {
+        anyhow!(
+            "timed out after {} s waiting for {} to be deleted (finalizers: {})",
+            limit.as_secs(),
+            output::name_of(o),
+            m.finalizers.join(", ")
+        )
+    })?
 }
 
 /// kubectl label / annotate: `key=value` sets, `key-` removes; an existing different value

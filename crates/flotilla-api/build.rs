@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .btree_map(".")
+        .bytes(".flotilla.raft.v1.Entry.normal")
         .file_descriptor_set_path(out.join("flotilla_descriptor.bin"))
         .compile_protos(&paths, &[root])?;
     Ok(())

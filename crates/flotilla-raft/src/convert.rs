@@ -115,7 +115,7 @@ pub fn stored_membership_from_pb(
 pub fn entry_to_pb(e: &Entry) -> pb::Entry {
     let payload = match &e.payload {
         EntryPayload::Blank => pb::entry::Payload::Blank(pb::Blank {}),
-        EntryPayload::Normal(c) => pb::entry::Payload::Normal(c.clone()),
+        EntryPayload::Normal(c) => pb::entry::Payload::Normal(c.0.clone()),
         EntryPayload::Membership(m) => pb::entry::Payload::Membership(membership_to_pb(m)),
     };
     pb::Entry {
@@ -128,7 +128,7 @@ pub fn entry_from_pb(e: pb::Entry) -> Result<Entry, ConvertError> {
     let log_id = log_id_from_pb(e.log_id.as_ref().ok_or(missing("Entry", "log_id"))?)?;
     let payload = match e.payload.ok_or(missing("Entry", "payload"))? {
         pb::entry::Payload::Blank(_) => EntryPayload::Blank,
-        pb::entry::Payload::Normal(c) => EntryPayload::Normal(c),
+        pb::entry::Payload::Normal(c) => EntryPayload::Normal(crate::types::EncodedCommand(c)),
         pb::entry::Payload::Membership(m) => EntryPayload::Membership(membership_from_pb(&m)?),
     };
     Ok(Entry { log_id, payload })
@@ -168,10 +168,10 @@ mod tests {
         for payload in [
             EntryPayload::Blank,
             EntryPayload::Membership(m),
-            EntryPayload::Normal(pb::Command {
+            EntryPayload::Normal(crate::types::EncodedCommand::encode(&pb::Command {
                 timestamp_ms: 5,
                 writes: vec![api::Write::default()],
-            }),
+            })),
         ] {
             let e = Entry {
                 log_id: lid,

@@ -256,12 +256,20 @@ impl StateMachine {
             for entry in entries {
                 let index = entry.log_id.index;
                 match &entry.payload {
-                    EntryPayload::Normal(cmd) => {
+                    EntryPayload::Normal(encoded) => {
+                        let cmd = encoded.decode().map_err(|e| {
+                            err(
+                                p,
+                                format!(
+                                    "committed entry {index} holds an undecodable command: {e}"
+                                ),
+                            )
+                        })?;
                         let mut t = RedbObjects {
                             table: &mut objects,
                             path: p,
                         };
-                        let applied = apply_command(&mut t, index, cmd)?;
+                        let applied = apply_command(&mut t, index, &cmd)?;
                         for (seq, ev) in applied.events.iter().enumerate() {
                             events
                                 .insert((index, seq as u32), ev.encode_to_vec().as_slice())
@@ -726,10 +734,10 @@ mod tests {
     fn entry(index: u64, ops: Vec<Op>) -> crate::types::Entry {
         crate::types::Entry {
             log_id: LogId::new(crate::types::LeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(pb::Command {
+            payload: EntryPayload::Normal(crate::types::EncodedCommand::encode(&pb::Command {
                 timestamp_ms: 1,
                 writes: ops.into_iter().map(|op| Write { op: Some(op) }).collect(),
-            }),
+            })),
         }
     }
 

@@ -257,7 +257,8 @@ async fn propose_local(node: &Node, items: &[Pending]) -> Outcome {
     };
     let started = Instant::now();
     let timeout = Duration::from_millis(node.limits.write_timeout_ms);
-    let res = tokio::time::timeout(timeout, node.raft.client_write(cmd)).await;
+    let encoded = flotilla_raft::types::EncodedCommand::encode(&cmd);
+    let res = tokio::time::timeout(timeout, node.raft.client_write(encoded)).await;
     node.metrics
         .write_latency
         .observe(started.elapsed().as_secs_f64());
@@ -317,17 +318,17 @@ async fn forward(node: &Node, id: u64, addr: &str, items: &[Pending]) -> Outcome
 pub fn check_distinct_keys(writes: &[Write]) -> Result<(), ApiError> {
     let mut seen = std::collections::HashMap::new();
     for (i, w) in writes.iter().enumerate() {
-        if let Some(k) = write_key(w) {
-            if let Some(j) = seen.insert(k, i) {
-                let key = flotilla_api::keys::parse_object_key(&write_key(w).unwrap_or_default())
-                    .map(|k| k.to_string())
-                    .unwrap_or_default();
-                return Err(ApiError::invalid(
-                    format!("writes[{i}]"),
-                    format!("{key} is also written by writes[{j}]; one batch writes each object at most once"),
-                ));
-            }
+        let Some(k) = write_key(w) else { continue };
+        if let Some(j) = seen.get(&k) {
+            let key = flotilla_api::keys::parse_object_key(&k)
+                .map(|k| k.to_string())
+                .unwrap_or_default();
+            return Err(ApiError::invalid(
+                format!("writes[{i}]"),
+                format!("{key} is also written by writes[{j}]; one batch writes each object at most once"),
+            ));
         }
+        seen.insert(k, i);
     }
     Ok(())
 }

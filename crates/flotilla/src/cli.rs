@@ -313,6 +313,16 @@ fn kind_of(resource: &str) -> anyhow::Result<&'static str> {
     })
 }
 
+/// The key of object `name` of the resource type a user typed (`deploy`, `cm`, ...).
+fn key_of(resource: &str, name: &str, namespace: &str) -> anyhow::Result<ObjectKey> {
+    let kind = kind_of(resource)?;
+    Ok(ObjectKey {
+        kind: kind.into(),
+        namespace: ns_for(kind, namespace),
+        name: name.to_string(),
+    })
+}
+
 /// The namespace a request for `kind` uses: none for cluster-scoped kinds.
 fn ns_for(kind: &str, ns: &str) -> String {
     match validation::kind_info(kind) {
@@ -533,12 +543,7 @@ async fn wait_gone(
 /// kubectl label / annotate: `key=value` sets, `key-` removes; an existing different value
 /// needs --overwrite.
 pub async fn set_metadata(conn: &Conn, a: MetaArgs, annotations: bool) -> anyhow::Result<()> {
-    let kind = kind_of(&a.resource)?;
-    let key = ObjectKey {
-        kind: kind.into(),
-        namespace: ns_for(kind, &a.namespace),
-        name: a.name.clone(),
-    };
+    let key = key_of(&a.resource, &a.name, &a.namespace)?;
     let mut c = conn.client().await?;
     let what = if annotations { "annotated" } else { "labeled" };
     for _ in 0..5 {
@@ -583,12 +588,8 @@ pub async fn set_metadata(conn: &Conn, a: MetaArgs, annotations: bool) -> anyhow
 
 /// kubectl describe: the object, then the Events recorded against it, oldest first.
 pub async fn describe(conn: &Conn, a: DescribeArgs) -> anyhow::Result<()> {
-    let kind = kind_of(&a.resource)?;
-    let key = ObjectKey {
-        kind: kind.into(),
-        namespace: ns_for(kind, &a.namespace),
-        name: a.name.clone(),
-    };
+    let key = key_of(&a.resource, &a.name, &a.namespace)?;
+    let kind = key.kind.clone();
     let mut c = conn.client().await?;
     let (o, _) = c.get(key, false).await?;
     let fields = format!("involvedObject.kind={kind},involvedObject.name={}", a.name);
@@ -610,12 +611,7 @@ pub async fn describe(conn: &Conn, a: DescribeArgs) -> anyhow::Result<()> {
 /// kubectl edit: the object as YAML in `$KUBE_EDITOR`, `$EDITOR` or `vi`, written back with
 /// the resourceVersion it was read at (a concurrent change is a conflict, not overwritten).
 pub async fn edit(conn: &Conn, a: DescribeArgs) -> anyhow::Result<()> {
-    let kind = kind_of(&a.resource)?;
-    let key = ObjectKey {
-        kind: kind.into(),
-        namespace: ns_for(kind, &a.namespace),
-        name: a.name.clone(),
-    };
+    let key = key_of(&a.resource, &a.name, &a.namespace)?;
     let mut c = conn.client().await?;
     let (o, _) = c.get(key.clone(), false).await?;
     let original = serde_yaml_ng::to_string(&manifest::object_to_value(&o))?;

@@ -357,6 +357,15 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// (writes, proposals) a server's proposer has coalesced so far.
+    pub async fn proposal_stats(&self, id: u64) -> (f64, f64) {
+        let m = |name: &'static str| async move { self.metric(id, name).await.unwrap_or(0.0) };
+        (
+            m("flotilla_proposal_batch_writes_sum").await,
+            m("flotilla_proposal_batch_writes_count").await,
+        )
+    }
+
     /// One gauge from a server's metrics.
     pub async fn metric(&self, id: u64, name: &str) -> Option<f64> {
         let text = self.metrics_text(id).await;
@@ -445,6 +454,13 @@ pub fn cm_key(name: &str) -> flotilla_api::ObjectKey {
 /// Run the flotilla CLI; returns (exit success, stdout, stderr).
 pub fn cli(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     cli_env(args, stdin, &[], &[])
+}
+
+/// Run the CLI, which must succeed, and parse what it printed as JSON (`-o json`).
+pub fn cli_json(args: &[&str]) -> serde_json::Value {
+    let (ok, out, err) = cli(args, None);
+    assert!(ok, "flotilla {}: {err}", args.join(" "));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}):\n{out}"))
 }
 
 /// [`cli`] with environment variables set (EDITOR) or removed (FLOTILLA_SERVER).

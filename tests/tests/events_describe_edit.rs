@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use flotilla_api::pb::api::{object::Body, ObjectKey};
-use flotilla_tests::{cli, cli_env, Cluster, Opts};
+use flotilla_tests::{cli, cli_env, cli_json, Cluster, Opts};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_describe_edit_wide_and_field_selectors() {
@@ -112,19 +112,15 @@ async fn events_describe_edit_wide_and_field_selectors() {
     );
     assert!(ok, "{err}");
     assert_eq!(out, "deployment.apps/nginx-deployment edited\n");
-    let (_, out, _) = cli(
-        &[
-            s[0],
-            s[1],
-            "get",
-            "deploy",
-            "nginx-deployment",
-            "-o",
-            "json",
-        ],
-        None,
-    );
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = cli_json(&[
+        s[0],
+        s[1],
+        "get",
+        "deploy",
+        "nginx-deployment",
+        "-o",
+        "json",
+    ]);
     assert_eq!(
         (
             v["spec"]["replicas"].as_i64(),
@@ -150,34 +146,25 @@ async fn events_describe_edit_wide_and_field_selectors() {
         Some(&(pod("a", "n1") + &pod("b", "n2"))),
     );
     assert!(ok, "{err}");
-    let (_, out, _) = cli(
-        &[
-            s[0],
-            s[1],
-            "get",
-            "pods",
-            "--field-selector",
-            "spec.nodeName=n1",
-            "-o",
-            "name",
-        ],
-        None,
-    );
-    assert_eq!(out, "pod/a\n");
-    let (_, out, _) = cli(
-        &[
-            s[0],
-            s[1],
-            "get",
-            "pods",
-            "--field-selector",
-            "spec.nodeName!=n1",
-            "-o",
-            "name",
-        ],
-        None,
-    );
-    assert_eq!(out, "pod/b\n");
+    for (sel, want) in [
+        ("spec.nodeName=n1", "pod/a\n"),
+        ("spec.nodeName!=n1", "pod/b\n"),
+    ] {
+        let (_, out, _) = cli(
+            &[
+                s[0],
+                s[1],
+                "get",
+                "pods",
+                "--field-selector",
+                sel,
+                "-o",
+                "name",
+            ],
+            None,
+        );
+        assert_eq!(out, want, "{sel}");
+    }
     let (ok, _, err) = cli(
         &[
             s[0],

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use flotilla_tests::{cli, Cluster, Opts};
+use flotilla_tests::{cli, cli_json, Cluster, Opts};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn examples_apply_idempotently_with_kubectl_tables() {
@@ -187,19 +187,16 @@ async fn examples_apply_idempotently_with_kubectl_tables() {
         out.contains("deployment.apps/nginx-deployment unchanged"),
         "{out}"
     );
-    let (_, out, _) = cli(
-        &[
-            s[0],
-            s[1],
-            "get",
-            "deploy",
-            "nginx-deployment",
-            "-o",
-            "json",
-        ],
-        None,
-    );
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = cli_json(&[
+        s[0],
+        s[1],
+        "get",
+        "deploy",
+        "nginx-deployment",
+        "-o",
+        "json",
+    ]);
+    let out = v.to_string();
     assert_eq!(v["status"]["readyReplicas"], 2, "{out}");
 
     // Defaults were applied by the server and read back.

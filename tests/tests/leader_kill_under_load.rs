@@ -68,14 +68,7 @@ async fn leader_sigkill_under_2000_concurrent_writes_loses_nothing() {
         .metric(leader, "flotilla_raft_log_flushes")
         .await
         .unwrap_or(0.0);
-    let writes = cluster
-        .metric(leader, "flotilla_proposal_batch_writes_sum")
-        .await
-        .unwrap_or(0.0);
-    let proposals = cluster
-        .metric(leader, "flotilla_proposal_batch_writes_count")
-        .await
-        .unwrap_or(0.0);
+    let (writes, proposals) = cluster.proposal_stats(leader).await;
     eprintln!(
         "leader before the kill: {writes} writes in {proposals} proposals, {flushes} log flushes"
     );

@@ -57,14 +57,7 @@ async fn coalesced_writes_keep_one_version_per_revision() {
         "two updates of one object share a resourceVersion"
     );
     assert!(n >= 300, "only {n} of 400 updates succeeded");
-    let writes = cluster
-        .metric(leader, "flotilla_proposal_batch_writes_sum")
-        .await
-        .unwrap_or(0.0);
-    let proposals = cluster
-        .metric(leader, "flotilla_proposal_batch_writes_count")
-        .await
-        .unwrap_or(0.0);
+    let (writes, proposals) = cluster.proposal_stats(leader).await;
     eprintln!("leader: {writes} writes in {proposals} proposals");
 
     // One batch may not write an object twice.

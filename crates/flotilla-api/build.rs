@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "flotilla/api/v1/object_service.proto",
         "flotilla/admin/v1/cluster.proto",
         "flotilla/raft/v1/raft.proto",
+        "flotilla/node/v1/runtime.proto",
     ];
     let paths: Vec<_> = files.iter().map(|f| root.join(f)).collect();
     for p in &paths {

@@ -532,3 +532,89 @@ pub fn run_server_expect_exit(args: &[&str], timeout: Duration) -> (Option<i32>,
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The repository root (tests run from their crate directory).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root")
+        .to_path_buf()
+}
+
+/// Whether tests that need root, runc and a local registry can run. When they cannot, the
+/// reason is printed and the test returns early, unless `FLOTILLA_REQUIRE_NODE_TESTS=1` (CI
+/// sets it) turns the missing requirement into a failure.
+pub fn node_tests_possible(test: &str) -> bool {
+    let mut missing = Vec::new();
+    if !nix::unistd::Uid::effective().is_root() {
+        missing.push("root".to_string());
+    }
+    for tool in ["runc", "docker-registry", "skopeo"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false);
+        if !found {
+            missing.push(tool.to_string());
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = format!(
+        "{test}: needs {} (apt-get install -y runc docker-registry skopeo busybox-static, as root)",
+        missing.join(", ")
+    );
+    if std::env::var("FLOTILLA_REQUIRE_NODE_TESTS").as_deref() == Ok("1") {
+        panic!("{reason}");
+    }
+    eprintln!("SKIPPED {reason}");
+    false
+}
+
+/// Debian's `docker-registry` on a loopback port with the test images from
+/// `cluster-configs/local-registry.sh`; stopped on drop.
+pub struct Registry {
+    pub addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_ports(1)[0];
+        let script = repo_root().join("cluster-configs/local-registry.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(["start", "--port", &port.to_string(), "--dir"])
+            .arg(dir.path())
+            .output()
+            .expect("run local-registry.sh");
+        assert!(
+            out.status.success(),
+            "local-registry.sh start failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Registry {
+            addr: format!("127.0.0.1:{port}"),
+            dir,
+        }
+    }
+
+    /// `<addr>/<name>` for an image of the test registry.
+    pub fn image(&self, name: &str) -> String {
+        format!("{}/{name}", self.addr)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let script = repo_root().join("cluster-configs/local-registry.sh");
+        let _ = Command::new("bash")
+            .arg(&script)
+            .args(["stop", "--dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .status();
+    }
+}

@@ -34,9 +34,15 @@ pub mod pb {
                 tonic::include_proto!("flotilla.raft.v1");
             }
         }
+        pub mod node {
+            pub mod v1 {
+                tonic::include_proto!("flotilla.node.v1");
+            }
+        }
     }
     pub use flotilla::admin::v1 as admin;
     pub use flotilla::api::v1 as api;
+    pub use flotilla::node::v1 as node;
     pub use flotilla::raft::v1 as raft;
 }
 

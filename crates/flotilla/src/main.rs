@@ -82,6 +82,27 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// The per-container shim the node agent starts (not for direct use).
+    #[command(hide = true)]
+    RuntimeShim(ShimArgs),
+}
+
+#[derive(clap::Args)]
+struct ShimArgs {
+    #[arg(long)]
+    runtime: PathBuf,
+    #[arg(long)]
+    runtime_root: PathBuf,
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    bundle: PathBuf,
+    #[arg(long)]
+    log: PathBuf,
+    #[arg(long)]
+    max_log_bytes: u64,
+    #[arg(long)]
+    max_log_files: u32,
 }
 
 #[derive(Subcommand)]
@@ -135,6 +156,19 @@ fn config_command(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The shim is single-threaded and reaps children itself: no async runtime, no logging.
+    if let Command::RuntimeShim(a) = &cli.command {
+        let code = flotilla_runtime::shim::run(&flotilla_runtime::shim::ShimArgs {
+            runtime: a.runtime.clone(),
+            runtime_root: a.runtime_root.clone(),
+            id: a.id.clone(),
+            bundle: a.bundle.clone(),
+            log_path: a.log.clone(),
+            max_log_bytes: a.max_log_bytes,
+            max_log_files: a.max_log_files,
+        });
+        return ExitCode::from(code.clamp(0, 255) as u8);
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG").unwrap_or_else(|_| {
         let default = if matches!(cli.command, Command::Server { .. }) {
             "info,openraft=warn"
@@ -214,6 +248,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Edit(args) => cli::edit(&conn, args).await,
         Command::Label(args) => cli::set_metadata(&conn, args, false).await,
         Command::Annotate(args) => cli::set_metadata(&conn, args, true).await,
-        Command::Server { .. } | Command::Explain { .. } | Command::Completion { .. } => Ok(()),
+        Command::Server { .. }
+        | Command::Explain { .. }
+        | Command::Completion { .. }
+        | Command::RuntimeShim(_) => Ok(()),
     }
 }

@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "flotilla/admin/v1/cluster.proto",
         "flotilla/raft/v1/raft.proto",
         "flotilla/node/v1/runtime.proto",
+        "flotilla/agent/v1/agent.proto",
     ];
     let paths: Vec<_> = files.iter().map(|f| root.join(f)).collect();
     for p in &paths {

@@ -39,8 +39,14 @@ pub mod pb {
                 tonic::include_proto!("flotilla.node.v1");
             }
         }
+        pub mod agent {
+            pub mod v1 {
+                tonic::include_proto!("flotilla.agent.v1");
+            }
+        }
     }
     pub use flotilla::admin::v1 as admin;
+    pub use flotilla::agent::v1 as agent;
     pub use flotilla::api::v1 as api;
     pub use flotilla::node::v1 as node;
     pub use flotilla::raft::v1 as raft;

@@ -94,6 +94,14 @@ pub struct Limits {
     pub event_gc_interval_ms: u64,
     /// Expired Events deleted per look, at most.
     pub event_gc_batch: usize,
+    /// How often agents heartbeat (told to them on every session response).
+    pub heartbeat_period_ms: u64,
+    /// Heartbeats received within this window renew their node Leases in one log entry.
+    pub node_lease_batch_ms: u64,
+    /// Validity of the client certificates agents get when they join.
+    pub node_cert_days: i64,
+    /// Agent QUIC connections served at once by one server.
+    pub max_agent_connections: usize,
 }
 
 impl Default for Limits {
@@ -115,6 +123,10 @@ impl Default for Limits {
             event_ttl_ms: 3_600_000,
             event_gc_interval_ms: 60_000,
             event_gc_batch: 1000,
+            heartbeat_period_ms: 5000,
+            node_lease_batch_ms: 1000,
+            node_cert_days: 365,
+            max_agent_connections: 10_000,
         }
     }
 }
@@ -127,6 +139,9 @@ pub struct ServerConfig {
     pub cluster_id: String,
     pub api_addr: String,
     pub raft_addr: String,
+    /// UDP address agents reach over QUIC; absent: the api_addr's IP and port (over UDP).
+    #[serde(default)]
+    pub agent_addr: Option<String>,
     /// Prometheus text metrics on http://ADDR/metrics; absent: no metrics listener.
     #[serde(default)]
     pub metrics_addr: Option<String>,
@@ -161,6 +176,10 @@ impl ServerConfig {
         for (field, addr) in [("api_addr", &c.api_addr), ("raft_addr", &c.raft_addr)] {
             addr.parse::<SocketAddr>()
                 .map_err(|e| invalid(format!("{field} {addr:?} is not an IP:port address: {e}")))?;
+        }
+        if let Some(a) = &c.agent_addr {
+            a.parse::<SocketAddr>()
+                .map_err(|e| invalid(format!("agent_addr {a:?} is not an IP:port address: {e}")))?;
         }
         if let Some(m) = &c.metrics_addr {
             m.parse::<SocketAddr>().map_err(|e| {

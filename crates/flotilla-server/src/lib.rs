@@ -8,7 +8,9 @@
 pub mod admin;
 pub mod api;
 pub mod config;
+pub mod dispatcher;
 pub mod events;
+pub mod identity;
 pub mod metrics;
 pub mod node;
 pub mod proposer;

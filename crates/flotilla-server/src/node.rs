@@ -225,6 +225,21 @@ pub async fn start(config: ServerConfig, data_dir: PathBuf) -> Result<ServerHand
     // Bind before starting Raft so a taken port fails start-up cleanly.
     let raft_listener = bind("raft", &config.raft_addr).await?;
     let api_listener = bind("api", &config.api_addr).await?;
+    let agent_addr: std::net::SocketAddr = config
+        .agent_addr
+        .as_deref()
+        .unwrap_or(&config.api_addr)
+        .parse()
+        .map_err(|e| StartError::Bind {
+            what: "agent",
+            addr: config.api_addr.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}")),
+        })?;
+    let agent_endpoint = crate::dispatcher::bind(agent_addr).map_err(|e| StartError::Bind {
+        what: "agent (UDP)",
+        addr: agent_addr.to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     let metrics_listener = match &config.metrics_addr {
         Some(a) => Some(bind("metrics", a).await?),
         None => None,
@@ -272,6 +287,9 @@ pub async fn start(config: ServerConfig, data_dir: PathBuf) -> Result<ServerHand
     let max_req = config.limits.max_request_bytes;
     let proposer = crate::proposer::Proposer::start(node.clone(), &tasks);
     crate::events::start(node.clone(), proposer.clone(), &tasks);
+    let internal_api = Arc::new(crate::api::ObjectApi::new(node.clone(), proposer.clone()));
+    crate::identity::start(node.clone(), internal_api.clone(), &tasks);
+    crate::dispatcher::start(node.clone(), internal_api, agent_endpoint, &tasks);
     let object_svc = ObjectServiceServer::new(crate::api::ObjectApi::new(node.clone(), proposer))
         .max_decoding_message_size(max_req)
         .max_encoding_message_size(usize::MAX);

@@ -21,7 +21,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    async fn client(&self) -> anyhow::Result<Client> {
+    pub async fn client(&self) -> anyhow::Result<Client> {
         let mut c = ClientConfig::new(
             self.servers
                 .iter()

@@ -9,6 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod cli;
 mod clientconfig;
 mod output;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,9 +83,37 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Join tokens for agents: create, list, revoke.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
+    },
+    /// Run a node agent: join with a token, register the Node, heartbeat over QUIC.
+    Agent(AgentArgs),
     /// The per-container shim the node agent starts (not for direct use).
     #[command(hide = true)]
     RuntimeShim(ShimArgs),
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Servers' addresses (the API addresses; agents use their UDP twins), comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    join: Vec<String>,
+    /// Join token from `flotilla token create`; needed only until the agent has joined.
+    #[arg(long, env = "FLOTILLA_TOKEN")]
+    token: Option<String>,
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Node name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Node labels, k=v,k2=v2.
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// OCI runtime binary (runc, crun, or a path).
+    #[arg(long, default_value = "runc")]
+    runtime: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -170,7 +199,7 @@ fn main() -> ExitCode {
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG").unwrap_or_else(|_| {
-        let default = if matches!(cli.command, Command::Server { .. }) {
+        let default = if matches!(cli.command, Command::Server { .. } | Command::Agent(_)) {
             "info,openraft=warn"
         } else {
             "warn"
@@ -211,6 +240,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return cli::server(&config, data_dir.as_deref()).await
         }
         Command::Explain { path } => return cli::explain(&path),
+        Command::Agent(a) => return agent(a).await,
         Command::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -248,9 +278,58 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Edit(args) => cli::edit(&conn, args).await,
         Command::Label(args) => cli::set_metadata(&conn, args, false).await,
         Command::Annotate(args) => cli::set_metadata(&conn, args, true).await,
+        Command::Token { command } => token::run(&conn, command).await,
         Command::Server { .. }
         | Command::Explain { .. }
         | Command::Completion { .. }
-        | Command::RuntimeShim(_) => Ok(()),
+        | Command::RuntimeShim(_)
+        | Command::Agent(_) => Ok(()),
     }
+}
+
+async fn agent(a: AgentArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut servers = Vec::new();
+    for s in &a.join {
+        let addr = tokio::net::lookup_host(s.trim())
+            .await
+            .with_context(|| format!("--join {s:?}"))?
+            .next()
+            .with_context(|| format!("--join {s:?}: no address"))?;
+        servers.push(addr);
+    }
+    let name = match a.name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .context("host name")?
+            .to_string_lossy()
+            .to_ascii_lowercase(),
+    };
+    let mut cfg = flotilla_agent::AgentConfig::new(servers, a.data_dir, name);
+    cfg.token = a.token;
+    cfg.runtime = a.runtime;
+    for l in &a.labels {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--labels {l:?}: expected key=value"))?;
+        flotilla_api::validation::check_label_key("--labels", k)?;
+        flotilla_api::validation::check_label_value("--labels", v)?;
+        cfg.labels.insert(k.to_string(), v.to_string());
+    }
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        s.cancel();
+    });
+    flotilla_agent::run(cfg, shutdown).await?;
+    Ok(())
 }

@@ -414,6 +414,19 @@ fn events_table(objects: &[Object], with_namespace: bool, header: bool, now: i64
     render(&t, header)
 }
 
+/// A kubectl-style table of plain rows (left-aligned, three spaces between columns).
+pub fn simple_table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut t = new_table(headers.to_vec());
+    for r in rows {
+        t.add_row(r);
+    }
+    for c in t.column_iter_mut() {
+        c.set_padding((0, 3));
+        c.set_cell_alignment(CellAlignment::Left);
+    }
+    render(&t, true)
+}
+
 fn new_table(headers: Vec<&str>) -> Table {
     let mut t = Table::new();
     t.load_preset(NOTHING);

@@ -1,0 +1,473 @@
+//! The dispatcher: the QUIC endpoint agents connect to (DESIGN.md §2.5). Every server runs one,
+//! on the UDP twin of its API address unless `agent_addr` says otherwise, once the cluster CA
+//! exists. Streams: `get_ca` (discovery, no authentication), `join` (a token and a CSR for a
+//! client certificate, over a server-verified connection), and the session (`register`, then
+//! heartbeats; mutual TLS, the certificate must name the node). Heartbeats are collected and
+//! renew the nodes' Leases in `kube-node-lease` in one batch per `node_lease_batch_ms`, never
+//! one log entry each.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flotilla_api::pb::agent::{
+    agent_request, agent_response, AgentError, AgentErrorCode, AgentRequest, AgentResponse,
+    GetCaResponse, JoinResponse, RegisterRequest, SessionResponse,
+};
+use flotilla_api::pb::api::object::Body;
+use flotilla_api::pb::api::object_service_server::ObjectService;
+use flotilla_api::pb::api::{
+    write::Op, BatchRequest, GetRequest, Lease, LeaseSpec, Object, ObjectKey, ObjectMeta, Write,
+};
+use flotilla_api::ErrorCode;
+use flotilla_identity::{CertKey, NODE_CN_PREFIX};
+use flotilla_quic::{read_frame, write_frame};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use crate::api::ObjectApi;
+use crate::identity::{self, NODE_LEASE_NAMESPACE};
+use crate::node::Node;
+
+const CA_POLL_MS: u64 = 250;
+/// Node leases last this long without renewal (Kubernetes' default is 40 s).
+const NODE_LEASE_DURATION_S: i32 = 40;
+/// Time to wait for the first frame of a stream.
+const FIRST_FRAME_MS: u64 = 10_000;
+
+struct Dispatcher {
+    node: Arc<Node>,
+    api: Arc<ObjectApi>,
+    ca: CertKey,
+    /// Nodes heard from since the last lease batch, with the time they were heard.
+    heard: Mutex<HashMap<String, i64>>,
+}
+
+type Reply = Result<AgentResponse, AgentError>;
+
+fn err(code: AgentErrorCode, message: impl Into<String>) -> AgentError {
+    AgentError {
+        code: code as i32,
+        message: message.into(),
+    }
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+/// Binds the agent endpoint now (so a taken port fails start-up); it serves once the CA exists.
+pub fn bind(addr: SocketAddr) -> Result<quinn::Endpoint, flotilla_quic::QuicError> {
+    flotilla_quic::bind_server(addr)
+}
+
+pub fn start(node: Arc<Node>, api: Arc<ObjectApi>, endpoint: quinn::Endpoint, tasks: &TaskTracker) {
+    let tracker = tasks.clone();
+    tasks.spawn(async move {
+        let ca = loop {
+            if let Some(ca) = identity::load_ca(&node) {
+                break ca;
+            }
+            tokio::select! {
+                _ = node.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(CA_POLL_MS)) => {}
+            }
+        };
+        let addr = endpoint
+            .local_addr()
+            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+        match server_config(&ca, addr) {
+            Ok(cfg) => {
+                endpoint.set_server_config(Some(cfg));
+            }
+            Err(e) => {
+                tracing::error!("agent endpoint on {addr}: {e}; stopping the server");
+                node.shutdown.cancel();
+                return;
+            }
+        }
+        tracing::info!(%addr, "agent endpoint (QUIC) listening");
+        let d = Arc::new(Dispatcher {
+            node: node.clone(),
+            api,
+            ca,
+            heard: Mutex::new(HashMap::new()),
+        });
+        tracker.spawn(lease_batches(d.clone()));
+        let slots = Arc::new(Semaphore::new(node.limits.max_agent_connections.max(1)));
+        loop {
+            let incoming = tokio::select! {
+                _ = node.shutdown.cancelled() => break,
+                i = endpoint.accept() => match i { Some(i) => i, None => break },
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                incoming.refuse();
+                continue;
+            };
+            let d = d.clone();
+            tracker.spawn(async move {
+                let _permit = permit;
+                match incoming.await {
+                    Ok(conn) => d.connection(conn).await,
+                    Err(e) => tracing::debug!("agent handshake failed: {e}"),
+                }
+            });
+        }
+        endpoint.close(0u32.into(), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    });
+}
+
+fn server_config(ca: &CertKey, addr: SocketAddr) -> Result<quinn::ServerConfig, String> {
+    let names = vec![addr.ip().to_string(), "localhost".to_string()];
+    let cert = flotilla_identity::issue_server_cert(ca, &names, 365).map_err(|e| e.to_string())?;
+    let tls =
+        flotilla_identity::server_tls_config(&ca.cert_pem, &cert, false, &[flotilla_quic::ALPN])
+            .map_err(|e| e.to_string())?;
+    flotilla_quic::server_config(tls).map_err(|e| e.to_string())
+}
+
+impl Dispatcher {
+    async fn connection(self: Arc<Self>, conn: quinn::Connection) {
+        let peer = flotilla_quic::peer_common_name(&conn);
+        loop {
+            let (send, recv) = tokio::select! {
+                _ = self.node.shutdown.cancelled() => return,
+                s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => return },
+            };
+            let d = self.clone();
+            let peer = peer.clone();
+            tokio::spawn(async move {
+                if let Err(e) = d.stream(peer, send, recv).await {
+                    tracing::debug!("agent stream: {e}");
+                }
+            });
+        }
+    }
+
+    async fn stream(
+        &self,
+        peer: Option<String>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) -> Result<(), flotilla_quic::QuicError> {
+        let first = tokio::time::timeout(
+            Duration::from_millis(FIRST_FRAME_MS),
+            read_frame::<AgentRequest>(&mut recv),
+        )
+        .await;
+        let Ok(Some(req)) = first.unwrap_or(Ok(None)) else {
+            return Ok(());
+        };
+        let reply = match req.kind {
+            Some(agent_request::Kind::GetCa(_)) => Ok(AgentResponse {
+                kind: Some(agent_response::Kind::Ca(GetCaResponse {
+                    ca_cert_pem: self.ca.cert_pem.clone(),
+                })),
+            }),
+            Some(agent_request::Kind::Join(j)) => self.join(j).await,
+            Some(agent_request::Kind::Register(r)) => {
+                return self.session(peer, r, send, recv).await;
+            }
+            _ => Err(err(
+                AgentErrorCode::Invalid,
+                "the first frame must be get_ca, join or register",
+            )),
+        };
+        let resp = reply.unwrap_or_else(|e| AgentResponse {
+            kind: Some(agent_response::Kind::Error(e)),
+        });
+        write_frame(&mut send, &resp).await?;
+        let _ = send.finish();
+        Ok(())
+    }
+
+    async fn join(&self, j: flotilla_api::pb::agent::JoinRequest) -> Reply {
+        flotilla_api::validation::check_dns1123_subdomain("node_name", &j.node_name)
+            .map_err(|e| err(AgentErrorCode::Invalid, e.to_string()))?;
+        // A linearizable read: a token revoked a moment ago must already be refused.
+        let stored = self
+            .api
+            .get(tonic::Request::new(GetRequest {
+                key: Some(identity::token_key(&j.token_id)),
+                stale: false,
+            }))
+            .await;
+        let stored = match stored {
+            Ok(r) => r.into_inner().object,
+            Err(s) => {
+                let e = flotilla_api::ApiError::from_status(&s);
+                if e.code() != ErrorCode::NotFound {
+                    return Err(err(AgentErrorCode::Unavailable, e.to_string()));
+                }
+                None
+            }
+        };
+        identity::check_token(
+            stored.as_ref(),
+            &j.token_id,
+            &j.token_secret,
+            crate::now_ms(),
+        )
+        .map_err(|r| err(AgentErrorCode::TokenRefused, r.to_string()))?;
+        let cn = format!("{NODE_CN_PREFIX}{}", j.node_name);
+        let cert =
+            flotilla_identity::sign_csr(&self.ca, &j.csr_pem, &cn, self.node.limits.node_cert_days)
+                .map_err(|e| err(AgentErrorCode::Invalid, e.to_string()))?;
+        tracing::info!(node = %j.node_name, token = %j.token_id, "node joined");
+        Ok(AgentResponse {
+            kind: Some(agent_response::Kind::Join(JoinResponse { cert_pem: cert })),
+        })
+    }
+
+    fn session_reply(&self) -> AgentResponse {
+        AgentResponse {
+            kind: Some(agent_response::Kind::Session(SessionResponse {
+                heartbeat_period_ms: self.node.limits.heartbeat_period_ms as u32,
+                server_id: self.node.id,
+            })),
+        }
+    }
+
+    async fn session(
+        &self,
+        peer: Option<String>,
+        r: RegisterRequest,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) -> Result<(), flotilla_quic::QuicError> {
+        let name = match self.register(peer, r).await {
+            Ok(n) => n,
+            Err(e) => {
+                let resp = AgentResponse {
+                    kind: Some(agent_response::Kind::Error(e)),
+                };
+                write_frame(&mut send, &resp).await?;
+                let _ = send.finish();
+                return Ok(());
+            }
+        };
+        self.heard(&name);
+        write_frame(&mut send, &self.session_reply()).await?;
+        loop {
+            let frame = tokio::select! {
+                _ = self.node.shutdown.cancelled() => return Ok(()),
+                f = read_frame::<AgentRequest>(&mut recv) => f?,
+            };
+            match frame.and_then(|f| f.kind) {
+                Some(agent_request::Kind::Heartbeat(_)) => {
+                    self.heard(&name);
+                    write_frame(&mut send, &self.session_reply()).await?;
+                }
+                None => return Ok(()),
+                Some(_) => {
+                    let resp = AgentResponse {
+                        kind: Some(agent_response::Kind::Error(err(
+                            AgentErrorCode::Invalid,
+                            "a session carries heartbeats only",
+                        ))),
+                    };
+                    write_frame(&mut send, &resp).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn heard(&self, name: &str) {
+        if let Ok(mut h) = self.heard.lock() {
+            h.insert(name.to_string(), crate::now_ms());
+        }
+    }
+
+    /// Creates or refreshes the Node (status only, once it exists: spec and labels then belong
+    /// to the cluster's users) and makes sure its Lease exists.
+    async fn register(
+        &self,
+        peer: Option<String>,
+        r: RegisterRequest,
+    ) -> Result<String, AgentError> {
+        let mut obj = r
+            .node
+            .ok_or_else(|| err(AgentErrorCode::Invalid, "register without a node"))?;
+        if obj.kind != "Node" || !matches!(obj.body, Some(Body::Node(_))) {
+            return Err(err(
+                AgentErrorCode::Invalid,
+                "register carries a Node object",
+            ));
+        }
+        let name = obj.meta().name.clone();
+        let want = format!("{NODE_CN_PREFIX}{name}");
+        if peer.as_deref() != Some(want.as_str()) {
+            return Err(err(
+                AgentErrorCode::Unauthenticated,
+                format!(
+                    "registering node {name:?} needs a client certificate for {want:?}, got {}",
+                    peer.map_or("none".to_string(), |p| format!("{p:?}"))
+                ),
+            ));
+        }
+        let api_err = |s: tonic::Status| {
+            let e = flotilla_api::ApiError::from_status(&s);
+            let code = if e.code() == ErrorCode::InvalidArgument {
+                AgentErrorCode::Invalid
+            } else {
+                AgentErrorCode::Unavailable
+            };
+            err(code, e.to_string())
+        };
+        let key = ObjectKey {
+            kind: "Node".into(),
+            namespace: String::new(),
+            name: name.clone(),
+        };
+        let existing = match self
+            .api
+            .get(tonic::Request::new(GetRequest {
+                key: Some(key),
+                stale: false,
+            }))
+            .await
+        {
+            Ok(r) => r.into_inner().object,
+            Err(s) if flotilla_api::ApiError::from_status(&s).code() == ErrorCode::NotFound => None,
+            Err(s) => return Err(api_err(s)),
+        };
+        let lease = Object {
+            api_version: "coordination.k8s.io/v1".into(),
+            kind: "Lease".into(),
+            metadata: Some(ObjectMeta {
+                name: name.clone(),
+                namespace: NODE_LEASE_NAMESPACE.into(),
+                ..Default::default()
+            }),
+            body: Some(Body::Lease(Lease {
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(name.clone()),
+                    lease_duration_seconds: Some(NODE_LEASE_DURATION_S),
+                    renew_time: Some(rfc3339_ms(crate::now_ms())),
+                    ..Default::default()
+                }),
+            })),
+        };
+        let mut writes = vec![Write {
+            op: Some(Op::Update(lease.clone())),
+        }];
+        // A create stores no status (the status subresource rule): a new Node gets it in a
+        // second write.
+        let mut status_write = None;
+        match existing {
+            None => {
+                obj.meta_mut().resource_version = 0;
+                status_write = Some(obj.clone());
+                writes.push(Write {
+                    op: Some(Op::Create(obj)),
+                });
+            }
+            Some(stored) => {
+                obj.metadata = stored.metadata.clone();
+                obj.meta_mut().resource_version = 0;
+                writes.push(Write {
+                    op: Some(Op::UpdateStatus(obj)),
+                });
+            }
+        }
+        let mut results = self
+            .api
+            .batch(tonic::Request::new(BatchRequest {
+                writes: writes.clone(),
+            }))
+            .await
+            .map_err(api_err)?
+            .into_inner()
+            .results;
+        // The Lease may not exist yet: create it instead of updating.
+        if let Some(flotilla_api::pb::api::write_result::Result::Error(e)) =
+            results.first().and_then(|r| r.result.clone())
+        {
+            if e.code == ErrorCode::NotFound as i32 {
+                let r = self
+                    .api
+                    .batch(tonic::Request::new(BatchRequest {
+                        writes: vec![Write {
+                            op: Some(Op::Create(lease)),
+                        }],
+                    }))
+                    .await
+                    .map_err(api_err)?
+                    .into_inner();
+                results[0] = r.results.into_iter().next().unwrap_or_default();
+            }
+        }
+        if let Some(obj) = status_write {
+            let r = self
+                .api
+                .batch(tonic::Request::new(BatchRequest {
+                    writes: vec![Write {
+                        op: Some(Op::UpdateStatus(obj)),
+                    }],
+                }))
+                .await
+                .map_err(api_err)?
+                .into_inner();
+            results.extend(r.results);
+        }
+        for r in results {
+            if let Some(flotilla_api::pb::api::write_result::Result::Error(e)) = r.result {
+                if e.code != ErrorCode::AlreadyExists as i32 {
+                    return Err(err(AgentErrorCode::Invalid, e.message));
+                }
+            }
+        }
+        tracing::info!(node = %name, "node registered");
+        Ok(name)
+    }
+}
+
+/// Renews the Leases of every node heard since the last round, in one batch.
+async fn lease_batches(d: Arc<Dispatcher>) {
+    let period = Duration::from_millis(d.node.limits.node_lease_batch_ms.max(50));
+    loop {
+        tokio::select! {
+            _ = d.node.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let heard: Vec<(String, i64)> = match d.heard.lock() {
+            Ok(mut h) => h.drain().collect(),
+            Err(_) => return,
+        };
+        for chunk in heard.chunks(d.node.limits.max_batch_writes.max(1)) {
+            let writes = chunk
+                .iter()
+                .map(|(name, at)| Write {
+                    op: Some(Op::Update(Object {
+                        api_version: "coordination.k8s.io/v1".into(),
+                        kind: "Lease".into(),
+                        metadata: Some(ObjectMeta {
+                            name: name.clone(),
+                            namespace: NODE_LEASE_NAMESPACE.into(),
+                            ..Default::default()
+                        }),
+                        body: Some(Body::Lease(Lease {
+                            spec: Some(LeaseSpec {
+                                holder_identity: Some(name.clone()),
+                                lease_duration_seconds: Some(NODE_LEASE_DURATION_S),
+                                renew_time: Some(rfc3339_ms(*at)),
+                                ..Default::default()
+                            }),
+                        })),
+                    })),
+                })
+                .collect();
+            if let Err(s) = d
+                .api
+                .batch(tonic::Request::new(BatchRequest { writes }))
+                .await
+            {
+                tracing::warn!("renewing node leases: {}", s.message());
+            }
+        }
+    }
+}

@@ -10,14 +10,14 @@ logs="$root/data/local-three"
 export FLOTILLA_SERVER=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
 
 down() {
-    for i in 1 2 3; do
-        pidf="$logs/server-$i.pid"
+    for p in agent-1 server-1 server-2 server-3; do
+        pidf="$logs/$p.pid"
         if [ -f "$pidf" ]; then
             kill "$(cat "$pidf")" 2>/dev/null || true
             rm -f "$pidf"
         fi
     done
-    echo "servers stopped (data kept in $logs; delete it for a fresh cluster)"
+    echo "agent and servers stopped (data kept in $logs; delete it for a fresh cluster)"
 }
 
 if [ "${1:-up}" = "down" ]; then
@@ -49,6 +49,23 @@ for _ in $(seq 1 100); do
     sleep 0.2
 done
 "$bin" cluster status
+echo
+
+# One node agent, joined with a token (it registers its Node and heartbeats over QUIC).
+pidf="$logs/agent-1.pid"
+if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
+    echo "agent already running (pid $(cat "$pidf"))"
+else
+    token="$("$bin" token create --ttl 1h --description demo)"
+    "$bin" agent --join "$FLOTILLA_SERVER" --token "$token" --data-dir "$logs/agent-1" \
+        --name node-1 >"$logs/agent-1.log" 2>&1 &
+    echo $! >"$pidf"
+    for _ in $(seq 1 50); do
+        "$bin" get node node-1 >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+fi
+"$bin" get nodes -o wide
 echo
 for f in cluster-configs/examples/*.yaml; do
     "$bin" apply -f "$f"

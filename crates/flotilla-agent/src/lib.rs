@@ -9,6 +9,7 @@
 
 pub mod join;
 pub mod nodeinfo;
+pub mod pods;
 pub mod session;
 
 use std::collections::BTreeMap;
@@ -33,6 +34,12 @@ pub struct AgentConfig {
     pub backoff_max_ms: u64,
     /// Rounds over all servers while joining before giving up.
     pub join_rounds: u32,
+    /// Registries reached over plain HTTP (`host:port`).
+    pub insecure_registries: Vec<String>,
+    /// The program that runs container shims (`flotilla runtime-shim`): this binary.
+    pub shim_program: PathBuf,
+    /// First delay of a crashing container's restart backoff (Kubernetes: 10 s).
+    pub crash_backoff_initial_ms: u64,
 }
 
 impl AgentConfig {
@@ -48,6 +55,9 @@ impl AgentConfig {
             backoff_min_ms: 200,
             backoff_max_ms: 10_000,
             join_rounds: 20,
+            insecure_registries: Vec::new(),
+            shim_program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("flotilla")),
+            crash_backoff_initial_ms: 10_000,
         }
     }
 }
@@ -79,6 +89,8 @@ pub enum AgentError {
     Identity(#[from] flotilla_identity::IdentityError),
     #[error("invalid node: {0}")]
     InvalidNode(String),
+    #[error("node runtime: {0}")]
+    Runtime(String),
 }
 
 /// Full-jitter exponential backoff: a random wait in [0, min(max, base * 2^attempt)].
@@ -99,8 +111,36 @@ pub async fn run(
     flotilla_api::validation::check_dns1123_subdomain("--name", &cfg.name)
         .map_err(|e| AgentError::InvalidNode(e.to_string()))?;
     let identity = join::ensure_identity(&cfg, &shutdown).await?;
-    session::run(&cfg, &identity, shutdown).await
+    let desired = pods::SharedDesired::default();
+    let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (status_tx, status_rx) = tokio::sync::mpsc::channel(STATUS_QUEUE);
+    let mut pcfg = pods::PodsConfig::new(
+        cfg.data_dir.clone(),
+        cfg.runtime.clone(),
+        cfg.shim_program.clone(),
+    );
+    pcfg.insecure_registries = cfg.insecure_registries.clone();
+    pcfg.crash_backoff_initial_ms = cfg.crash_backoff_initial_ms;
+    let manager = pods::PodManager::open(pcfg, desired.clone(), changed.clone(), status_tx)
+        .map_err(|e| AgentError::Runtime(e.to_string()))?;
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(manager.run(shutdown.clone()));
+    let mut links = session::Links {
+        desired,
+        changed,
+        status_rx,
+        latest: Default::default(),
+    };
+    let res = session::run(&cfg, &identity, &mut links, shutdown.clone()).await;
+    // Containers keep running without the agent; only the loops stop.
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    res
 }
+
+/// Status reports waiting for the session (the manager re-reports when a send fails).
+const STATUS_QUEUE: usize = 1024;
 
 #[cfg(test)]
 mod tests {

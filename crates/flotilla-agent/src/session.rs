@@ -5,13 +5,28 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use flotilla_api::pb::agent::{
     agent_request, agent_response, AgentErrorCode, AgentRequest, AgentResponse, Heartbeat,
-    RegisterRequest,
+    PodStatusReport, RegisterRequest, WatchAssignmentsRequest,
 };
+use flotilla_api::pb::api::{EventType, Object};
+use tokio::sync::{mpsc, Notify};
 
 use crate::join::Identity;
+use crate::pods::SharedDesired;
 use crate::{backoff_ms, nodeinfo, AgentConfig, AgentError};
+
+/// What the session shares with the pod manager.
+pub struct Links {
+    pub desired: SharedDesired,
+    pub changed: Arc<Notify>,
+    pub status_rx: mpsc::Receiver<Object>,
+    /// The latest report of every pod, re-sent on each new session.
+    pub latest: BTreeMap<String, Object>,
+}
 
 /// How the session ended.
 enum Ended {
@@ -24,6 +39,7 @@ enum Ended {
 pub async fn run(
     cfg: &AgentConfig,
     id: &Identity,
+    links: &mut Links,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(), AgentError> {
     let alpn = [flotilla_quic::ALPN];
@@ -39,7 +55,7 @@ pub async fn run(
             return Err(AgentError::Unreachable("no servers given".into()));
         };
         next += 1;
-        match session(cfg, addr, tls.clone(), &shutdown).await {
+        match session(cfg, addr, tls.clone(), links, &shutdown).await {
             Ended::Shutdown => return Ok(()),
             Ended::AfterRegister(why) => {
                 tracing::warn!(%addr, "session ended: {why}");
@@ -62,6 +78,7 @@ async fn session(
     cfg: &AgentConfig,
     addr: SocketAddr,
     tls: flotilla_identity::rustls::ClientConfig,
+    links: &mut Links,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Ended {
     let ep = match flotilla_quic::client_endpoint(addr, tls) {
@@ -72,7 +89,7 @@ async fn session(
         Ok(c) => c,
         Err(e) => return Ended::Failed(e.to_string()),
     };
-    let ended = registered(cfg, addr, &conn, shutdown).await;
+    let ended = registered(cfg, addr, &conn, links, shutdown).await;
     conn.close(0u32.into(), b"agent session ended");
     let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
     ended
@@ -82,6 +99,7 @@ async fn registered(
     cfg: &AgentConfig,
     addr: SocketAddr,
     conn: &quinn::Connection,
+    links: &mut Links,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Ended {
     let (mut send, mut recv) = match conn.open_bi().await {
@@ -103,20 +121,169 @@ async fn registered(
         Err(e) => return Ended::Failed(e),
     };
     tracing::info!(%addr, node = %cfg.name, heartbeat_ms = period_ms, "session established");
+    let desired = links.desired.clone();
+    let changed = links.changed.clone();
+    let heartbeats = async {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ended::Shutdown,
+                _ = tokio::time::sleep(Duration::from_millis(period_ms)) => {}
+            }
+            let hb = AgentRequest {
+                kind: Some(agent_request::Kind::Heartbeat(Heartbeat {})),
+            };
+            if let Err(e) = flotilla_quic::write_frame(&mut send, &hb).await {
+                return Ended::AfterRegister(e.to_string());
+            }
+            match reply(&mut recv, period_ms.saturating_mul(2).max(5_000)).await {
+                Ok(p) => period_ms = p,
+                Err(e) => return Ended::AfterRegister(e),
+            }
+        }
+    };
+    tokio::select! {
+        e = heartbeats => e,
+        e = assignments(conn, &desired, &changed) => Ended::AfterRegister(e),
+        e = statuses(conn, &mut links.status_rx, &mut links.latest, &desired) => Ended::AfterRegister(e),
+    }
+}
+
+/// Keeps `desired` equal to the pods bound to this node: a full set, then changes; resumes
+/// from the last revision on a new stream, and starts over from a full set when the server no
+/// longer holds that revision. Returns why it stopped.
+async fn assignments(
+    conn: &quinn::Connection,
+    desired: &SharedDesired,
+    changed: &Notify,
+) -> String {
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ended::Shutdown,
-            _ = tokio::time::sleep(Duration::from_millis(period_ms)) => {}
-        }
-        let hb = AgentRequest {
-            kind: Some(agent_request::Kind::Heartbeat(Heartbeat {})),
+        let from = {
+            let d = desired.lock().await;
+            if d.synced {
+                d.revision
+            } else {
+                0
+            }
         };
-        if let Err(e) = flotilla_quic::write_frame(&mut send, &hb).await {
-            return Ended::AfterRegister(e.to_string());
+        let (mut send, mut recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => return e.to_string(),
+        };
+        let req = AgentRequest {
+            kind: Some(agent_request::Kind::WatchAssignments(
+                WatchAssignmentsRequest {
+                    from_revision: from,
+                },
+            )),
+        };
+        if let Err(e) = flotilla_quic::write_frame(&mut send, &req).await {
+            return e.to_string();
         }
-        match reply(&mut recv, period_ms.saturating_mul(2).max(5_000)).await {
-            Ok(p) => period_ms = p,
-            Err(e) => return Ended::AfterRegister(e),
+        let mut snapshot: Vec<Object> = Vec::new();
+        loop {
+            let frame = match flotilla_quic::read_frame::<AgentResponse>(&mut recv).await {
+                Ok(Some(f)) => f,
+                Ok(None) => return "the server ended the assignment stream".into(),
+                Err(e) => return e.to_string(),
+            };
+            match frame.kind {
+                Some(agent_response::Kind::Assignments(a)) if a.snapshot => {
+                    snapshot.extend(a.pods);
+                    if !a.more {
+                        let mut d = desired.lock().await;
+                        d.pods = std::mem::take(&mut snapshot)
+                            .into_iter()
+                            .map(|p| (p.meta().uid.clone(), p))
+                            .collect();
+                        d.synced = true;
+                        d.revision = a.revision;
+                        drop(d);
+                        changed.notify_one();
+                    }
+                }
+                Some(agent_response::Kind::Assignments(a)) => {
+                    let mut d = desired.lock().await;
+                    let any = !a.events.is_empty();
+                    for ev in a.events {
+                        let Some(pod) = ev.object else { continue };
+                        let uid = pod.meta().uid.clone();
+                        if ev.r#type == EventType::Deleted as i32 {
+                            d.pods.remove(&uid);
+                        } else {
+                            d.pods.insert(uid, pod);
+                        }
+                    }
+                    d.revision = d.revision.max(a.revision);
+                    drop(d);
+                    if any {
+                        changed.notify_one();
+                    }
+                }
+                Some(agent_response::Kind::Error(e))
+                    if e.code == AgentErrorCode::Compacted as i32 =>
+                {
+                    tracing::warn!("assignments: {}; resyncing", e.message);
+                    desired.lock().await.synced = false;
+                    break;
+                }
+                Some(agent_response::Kind::Error(e)) => {
+                    return format!("assignments: {}", e.message)
+                }
+                _ => return "unexpected frame on the assignment stream".into(),
+            }
+        }
+    }
+}
+
+/// Sends pod status reports, coalesced (the latest per pod), and all latest ones again at the
+/// start of every session so nothing reported while disconnected is lost.
+async fn statuses(
+    conn: &quinn::Connection,
+    rx: &mut mpsc::Receiver<Object>,
+    latest: &mut BTreeMap<String, Object>,
+    desired: &SharedDesired,
+) -> String {
+    let (mut send, mut recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => return e.to_string(),
+    };
+    let mut pending: Vec<Object> = {
+        let d = desired.lock().await;
+        latest.retain(|uid, _| d.pods.contains_key(uid));
+        latest.values().cloned().collect()
+    };
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(o) => pending.push(o),
+                None => return "the pod manager stopped".into(),
+            }
+        }
+        while let Ok(o) = rx.try_recv() {
+            pending.push(o);
+        }
+        let mut by_uid: BTreeMap<String, Object> = BTreeMap::new();
+        for o in pending.drain(..) {
+            latest.insert(o.meta().uid.clone(), o.clone());
+            by_uid.insert(o.meta().uid.clone(), o);
+        }
+        let req = AgentRequest {
+            kind: Some(agent_request::Kind::PodStatus(PodStatusReport {
+                pods: by_uid.into_values().collect(),
+            })),
+        };
+        if let Err(e) = flotilla_quic::write_frame(&mut send, &req).await {
+            return e.to_string();
+        }
+        match flotilla_quic::read_frame::<AgentResponse>(&mut recv).await {
+            Ok(Some(AgentResponse {
+                kind: Some(agent_response::Kind::StatusAck(_)),
+            })) => {}
+            Ok(Some(AgentResponse {
+                kind: Some(agent_response::Kind::Error(e)),
+            })) => return format!("status: {}", e.message),
+            Ok(_) => return "the server ended the status stream".into(),
+            Err(e) => return e.to_string(),
         }
     }
 }

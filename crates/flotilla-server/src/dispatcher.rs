@@ -13,13 +13,16 @@ use std::time::Duration;
 
 use flotilla_api::pb::agent::{
     agent_request, agent_response, AgentError, AgentErrorCode, AgentRequest, AgentResponse,
-    GetCaResponse, JoinResponse, RegisterRequest, SessionResponse,
+    Assignments, GetCaResponse, JoinResponse, PodStatusReport, RegisterRequest, SessionResponse,
+    StatusAck,
 };
 use flotilla_api::pb::api::object::Body;
 use flotilla_api::pb::api::object_service_server::ObjectService;
 use flotilla_api::pb::api::{
     write::Op, BatchRequest, GetRequest, Lease, LeaseSpec, Object, ObjectKey, ObjectMeta, Write,
 };
+use flotilla_api::pb::api::{EventType, WatchRequest};
+use flotilla_api::selector::Selector;
 use flotilla_api::ErrorCode;
 use flotilla_identity::{CertKey, NODE_CN_PREFIX};
 use flotilla_quic::{read_frame, write_frame};
@@ -33,6 +36,8 @@ use crate::node::Node;
 const CA_POLL_MS: u64 = 250;
 /// Node leases last this long without renewal (Kubernetes' default is 40 s).
 const NODE_LEASE_DURATION_S: i32 = 40;
+/// Pods per frame of a full assignment set.
+const ASSIGNMENT_CHUNK_PODS: usize = 200;
 /// Time to wait for the first frame of a stream.
 const FIRST_FRAME_MS: u64 = 10_000;
 
@@ -171,6 +176,12 @@ impl Dispatcher {
             Some(agent_request::Kind::Register(r)) => {
                 return self.session(peer, r, send, recv).await;
             }
+            Some(agent_request::Kind::WatchAssignments(w)) => {
+                return self.assignments(peer, w.from_revision, send).await;
+            }
+            Some(agent_request::Kind::PodStatus(first)) => {
+                return self.status(peer, first, send, recv).await;
+            }
             _ => Err(err(
                 AgentErrorCode::Invalid,
                 "the first frame must be get_ca, join or register",
@@ -274,6 +285,246 @@ impl Dispatcher {
                 }
             }
         }
+    }
+
+    /// The node a mutual-TLS peer is, from its certificate.
+    fn node_of(peer: Option<&str>) -> Result<String, AgentError> {
+        peer.and_then(|p| p.strip_prefix(NODE_CN_PREFIX))
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                err(
+                    AgentErrorCode::Unauthenticated,
+                    "this stream needs a node's client certificate",
+                )
+            })
+    }
+
+    /// The pods bound to the peer's node: the full set at a revision (when asked from 0), then
+    /// every change after it, from this server's own state.
+    async fn assignments(
+        &self,
+        peer: Option<String>,
+        from_revision: u64,
+        mut send: quinn::SendStream,
+    ) -> Result<(), flotilla_quic::QuicError> {
+        let fail = |e: AgentError| AgentResponse {
+            kind: Some(agent_response::Kind::Error(e)),
+        };
+        let name = match Self::node_of(peer.as_deref()) {
+            Ok(n) => n,
+            Err(e) => return write_frame(&mut send, &fail(e)).await,
+        };
+        let fields = format!("spec.nodeName={name}");
+        let mut from = from_revision;
+        if from == 0 {
+            let selector = match Selector::default().with_fields(&fields) {
+                Ok(s) => s,
+                Err(e) => {
+                    return write_frame(
+                        &mut send,
+                        &fail(err(AgentErrorCode::Invalid, e.to_string())),
+                    )
+                    .await
+                }
+            };
+            let mut pods = Vec::new();
+            let mut after: Option<String> = None;
+            let mut revision = None;
+            loop {
+                let page = match self.node.reader.list(
+                    "Pod",
+                    "",
+                    &selector,
+                    self.node.limits.max_list_page.max(1),
+                    after.as_deref(),
+                ) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return write_frame(
+                            &mut send,
+                            &fail(err(AgentErrorCode::Unavailable, e.to_string())),
+                        )
+                        .await
+                    }
+                };
+                // Later pages may be newer; the watch replays from the first page's revision
+                // and the agent applies events as upserts, so nothing is missed.
+                revision.get_or_insert(page.revision);
+                pods.extend(page.items);
+                match page.next_key {
+                    Some(k) => after = Some(k),
+                    None => break,
+                }
+            }
+            let revision = revision.unwrap_or(0);
+            let mut chunks: Vec<Vec<Object>> = pods
+                .chunks(ASSIGNMENT_CHUNK_PODS)
+                .map(|c| c.to_vec())
+                .collect();
+            if chunks.is_empty() {
+                chunks.push(Vec::new());
+            }
+            let n = chunks.len();
+            for (i, pods) in chunks.into_iter().enumerate() {
+                let frame = AgentResponse {
+                    kind: Some(agent_response::Kind::Assignments(Assignments {
+                        snapshot: true,
+                        more: i + 1 < n,
+                        revision,
+                        pods,
+                        events: Vec::new(),
+                    })),
+                };
+                write_frame(&mut send, &frame).await?;
+            }
+            from = revision;
+        }
+        let mut events = match crate::watch::start(
+            self.node.clone(),
+            WatchRequest {
+                kind: "Pod".into(),
+                field_selector: fields,
+                start_revision: from,
+                ..Default::default()
+            },
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                return write_frame(
+                    &mut send,
+                    &fail(err(AgentErrorCode::Unavailable, e.to_string())),
+                )
+                .await
+            }
+        };
+        use tokio_stream::StreamExt;
+        loop {
+            let ev = tokio::select! {
+                _ = self.node.shutdown.cancelled() => return Ok(()),
+                _ = send.stopped() => return Ok(()),
+                ev = events.next() => ev,
+            };
+            let frame = match ev {
+                None => return Ok(()),
+                Some(Ok(ev)) => {
+                    let revision = ev.revision;
+                    let events = if ev.r#type == EventType::Bookmark as i32 {
+                        Vec::new()
+                    } else {
+                        vec![ev]
+                    };
+                    AgentResponse {
+                        kind: Some(agent_response::Kind::Assignments(Assignments {
+                            revision,
+                            events,
+                            ..Default::default()
+                        })),
+                    }
+                }
+                Some(Err(status)) => {
+                    let e = flotilla_api::ApiError::from_status(&status);
+                    let code = if e.code() == ErrorCode::Compacted {
+                        AgentErrorCode::Compacted
+                    } else {
+                        AgentErrorCode::Unavailable
+                    };
+                    return write_frame(&mut send, &fail(err(code, e.to_string()))).await;
+                }
+            };
+            write_frame(&mut send, &frame).await?;
+        }
+    }
+
+    /// Pod status reports from the peer's node, written through the status subresource. A
+    /// node may report only pods bound to it.
+    async fn status(
+        &self,
+        peer: Option<String>,
+        first: PodStatusReport,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) -> Result<(), flotilla_quic::QuicError> {
+        let name = match Self::node_of(peer.as_deref()) {
+            Ok(n) => n,
+            Err(e) => {
+                let resp = AgentResponse {
+                    kind: Some(agent_response::Kind::Error(e)),
+                };
+                return write_frame(&mut send, &resp).await;
+            }
+        };
+        let mut report = first;
+        loop {
+            let written = self.write_status(&name, report).await;
+            let resp = match written {
+                Ok(n) => AgentResponse {
+                    kind: Some(agent_response::Kind::StatusAck(StatusAck { written: n })),
+                },
+                Err(e) => AgentResponse {
+                    kind: Some(agent_response::Kind::Error(e)),
+                },
+            };
+            write_frame(&mut send, &resp).await?;
+            let next = tokio::select! {
+                _ = self.node.shutdown.cancelled() => return Ok(()),
+                f = read_frame::<AgentRequest>(&mut recv) => f?,
+            };
+            match next.and_then(|f| f.kind) {
+                Some(agent_request::Kind::PodStatus(r)) => report = r,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    async fn write_status(&self, node: &str, report: PodStatusReport) -> Result<u32, AgentError> {
+        let mut writes = Vec::new();
+        for mut pod in report.pods {
+            if pod.kind != "Pod" {
+                continue;
+            }
+            let key = pod.key();
+            let stored = self.node.reader.get(&key).ok().and_then(|(o, _)| o);
+            let Some(stored) = stored else { continue };
+            let bound = match &stored.body {
+                Some(Body::Pod(p)) => p.spec.as_ref().is_some_and(|s| s.node_name == node),
+                _ => false,
+            };
+            // Only pods bound to this node, and the same pod (not a namesake created since).
+            if !bound || stored.meta().uid != pod.meta().uid {
+                continue;
+            }
+            pod.metadata = stored.metadata.clone();
+            pod.meta_mut().resource_version = 0;
+            if let (Some(Body::Pod(new)), Some(Body::Pod(old))) = (&mut pod.body, &stored.body) {
+                new.spec = old.spec.clone();
+            }
+            writes.push(Write {
+                op: Some(Op::UpdateStatus(pod)),
+            });
+        }
+        let mut written = 0u32;
+        for chunk in writes.chunks(self.node.limits.max_batch_writes.max(1)) {
+            let r = self
+                .api
+                .batch(tonic::Request::new(BatchRequest {
+                    writes: chunk.to_vec(),
+                }))
+                .await
+                .map_err(|s| err(AgentErrorCode::Unavailable, s.message().to_string()))?;
+            written += r
+                .into_inner()
+                .results
+                .iter()
+                .filter(|r| {
+                    matches!(
+                        r.result,
+                        Some(flotilla_api::pb::api::write_result::Result::Object(_))
+                    )
+                })
+                .count() as u32;
+        }
+        Ok(written)
     }
 
     fn heard(&self, name: &str) {

@@ -114,6 +114,12 @@ struct AgentArgs {
     /// OCI runtime binary (runc, crun, or a path).
     #[arg(long, default_value = "runc")]
     runtime: PathBuf,
+    /// Registries (host:port) to pull from over plain HTTP, e.g. a loopback test registry.
+    #[arg(long = "insecure-registry", value_delimiter = ',')]
+    insecure_registries: Vec<String>,
+    /// First delay of a crashing container's restart backoff (Kubernetes: 10 s).
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    crash_backoff_initial_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -308,6 +314,8 @@ async fn agent(a: AgentArgs) -> anyhow::Result<()> {
     let mut cfg = flotilla_agent::AgentConfig::new(servers, a.data_dir, name);
     cfg.token = a.token;
     cfg.runtime = a.runtime;
+    cfg.insecure_registries = a.insecure_registries;
+    cfg.crash_backoff_initial_ms = a.crash_backoff_initial_ms;
     for l in &a.labels {
         let (k, v) = l
             .split_once('=')

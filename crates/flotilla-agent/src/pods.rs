@@ -1,0 +1,607 @@
+//! The pod sync loop: make the containers on this node match the pods the assignment stream
+//! says are bound to it, restart exited containers per `restartPolicy` with Kubernetes'
+//! exponential backoff (`CrashLoopBackOff`), and report pod and container status. Containers
+//! are named `<pod uid>_<container>_<restart count>`, so an agent that restarts finds the
+//! containers it already runs (re-adoption) instead of starting them twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_api::pb::api::object::Body;
+use flotilla_api::pb::api::{
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, Object, ObjectMeta, Pod, PodCondition, PodStatus,
+};
+use flotilla_api::pb::node::ImageRecord;
+use flotilla_runtime::bundle::{merge_env, resolve_args, ContainerConfig, Resources};
+use flotilla_runtime::{netns, Containers, ImageStore, PullPolicy, RuntimeConfig};
+use tokio::sync::{mpsc, Mutex, Notify};
+
+/// The pods the control plane bound to this node, kept by the assignment stream.
+#[derive(Default)]
+pub struct Desired {
+    pub pods: BTreeMap<String, Object>,
+    /// Whether a full set has been received since start: nothing is removed before that.
+    pub synced: bool,
+    pub revision: u64,
+}
+
+pub type SharedDesired = Arc<Mutex<Desired>>;
+
+#[derive(Clone, Debug)]
+pub struct PodsConfig {
+    pub data_dir: PathBuf,
+    pub runtime: PathBuf,
+    pub shim_program: PathBuf,
+    pub insecure_registries: Vec<String>,
+    pub sync_period_ms: u64,
+    pub crash_backoff_initial_ms: u64,
+    pub crash_backoff_max_ms: u64,
+    /// A container that ran this long resets its backoff (Kubernetes: 10 min).
+    pub backoff_reset_ms: u64,
+}
+
+impl PodsConfig {
+    pub fn new(data_dir: PathBuf, runtime: PathBuf, shim_program: PathBuf) -> Self {
+        PodsConfig {
+            data_dir,
+            runtime,
+            shim_program,
+            insecure_registries: Vec::new(),
+            sync_period_ms: 500,
+            crash_backoff_initial_ms: 10_000,
+            crash_backoff_max_ms: 300_000,
+            backoff_reset_ms: 600_000,
+        }
+    }
+}
+
+struct Ctr {
+    spec: Container,
+    restart_count: i32,
+    /// The runtime id of the current container, if one exists.
+    id: Option<String>,
+    image_id: String,
+    started_at: String,
+    started_ms: i64,
+    waiting: Option<(String, String)>,
+    terminated: Option<ContainerStateTerminated>,
+    last_terminated: Option<ContainerStateTerminated>,
+    not_before_ms: i64,
+    crashes: u32,
+}
+
+struct PodRun {
+    pod: Object,
+    netns: PathBuf,
+    ctrs: Vec<Ctr>,
+    start_time: String,
+    last_report: Option<PodStatus>,
+}
+
+pub struct PodManager {
+    cfg: PodsConfig,
+    images: ImageStore,
+    containers: Containers,
+    pods: HashMap<String, PodRun>,
+    desired: SharedDesired,
+    changed: Arc<Notify>,
+    status_tx: mpsc::Sender<Object>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn container_id(uid: &str, name: &str, restart: i32) -> String {
+    format!("{uid}_{name}_{restart}")
+}
+
+fn pod_spec(o: &Object) -> Option<&flotilla_api::pb::api::PodSpec> {
+    match &o.body {
+        Some(Body::Pod(p)) => p.spec.as_ref(),
+        _ => None,
+    }
+}
+
+/// Milli-CPU and bytes from Kubernetes quantities (unparseable ones were refused by the API).
+fn resources(c: &Container) -> Resources {
+    let q = |m: Option<&BTreeMap<String, String>>, k: &str| {
+        m.and_then(|m| m.get(k))
+            .and_then(|v| flotilla_api::quantity::Quantity::parse(v).ok())
+    };
+    let req = c.resources.as_ref().map(|r| &r.requests);
+    let lim = c.resources.as_ref().map(|r| &r.limits);
+    Resources::from_kubernetes(
+        q(req, "cpu").map(|x| x.millis_ceil().max(0) as u64),
+        q(lim, "cpu").map(|x| x.millis_ceil().max(0) as u64),
+        q(lim, "memory").map(|x| x.units_ceil().max(0) as i64),
+        Some(4096),
+    )
+}
+
+impl PodManager {
+    pub fn open(
+        cfg: PodsConfig,
+        desired: SharedDesired,
+        changed: Arc<Notify>,
+        status_tx: mpsc::Sender<Object>,
+    ) -> Result<Self, flotilla_runtime::RuntimeError> {
+        let images = ImageStore::open(
+            cfg.data_dir.join("images"),
+            &flotilla_runtime::RegistryConfig {
+                insecure: cfg.insecure_registries.clone(),
+                ..Default::default()
+            },
+        )?;
+        let mut rc = RuntimeConfig::new(cfg.data_dir.join("runtime"), cfg.shim_program.clone());
+        rc.runtime_binary = cfg.runtime.clone();
+        let containers = Containers::open(rc)?;
+        Ok(PodManager {
+            cfg,
+            images,
+            containers,
+            pods: HashMap::new(),
+            desired,
+            changed,
+            status_tx,
+        })
+    }
+
+    pub async fn run(mut self, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            self.sync().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(self.cfg.sync_period_ms)) => {}
+            }
+        }
+    }
+
+    async fn sync(&mut self) {
+        let (desired, synced) = {
+            let d = self.desired.lock().await;
+            (d.pods.clone(), d.synced)
+        };
+        if !synced {
+            return;
+        }
+        let gone: Vec<String> = self
+            .pods
+            .keys()
+            .filter(|uid| !desired.contains_key(*uid))
+            .cloned()
+            .collect();
+        for uid in gone {
+            if let Some(run) = self.pods.remove(&uid) {
+                self.teardown(&uid, run).await;
+            }
+        }
+        self.remove_orphans(&desired).await;
+        for (uid, pod) in desired {
+            if pod.meta().deletion_timestamp_ms.is_some() {
+                if let Some(run) = self.pods.remove(&uid) {
+                    self.teardown(&uid, run).await;
+                }
+                continue;
+            }
+            if !self.pods.contains_key(&uid) {
+                match self.setup(&uid, pod.clone()).await {
+                    Ok(run) => {
+                        self.pods.insert(uid.clone(), run);
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %pod.meta().name, "cannot set up the pod: {e}");
+                        continue;
+                    }
+                }
+            }
+            self.sync_pod(&uid).await;
+        }
+    }
+
+    /// Containers in our runtime state that belong to no desired pod (after an agent restart,
+    /// pods deleted meanwhile): removed.
+    async fn remove_orphans(&self, desired: &BTreeMap<String, Object>) {
+        let Ok(list) = self.containers.runtime().list().await else {
+            return;
+        };
+        for c in list {
+            let uid = c.id.split('_').next().unwrap_or_default();
+            let known = desired.contains_key(uid)
+                && self
+                    .pods
+                    .get(uid)
+                    .is_some_and(|p| p.ctrs.iter().any(|x| x.id.as_deref() == Some(&c.id)));
+            if !known && !desired.contains_key(uid) {
+                tracing::info!(container = %c.id, "removing a container of a pod no longer here");
+                let _ = self.containers.stop(&c.id, Duration::from_secs(2)).await;
+                let _ = self.containers.remove(&c.id).await;
+            }
+        }
+    }
+
+    /// Creates the pod's network namespace (or finds it) and adopts running containers.
+    async fn setup(&self, uid: &str, pod: Object) -> Result<PodRun, String> {
+        let spec = pod_spec(&pod).cloned().unwrap_or_default();
+        let ns = self.cfg.data_dir.join("netns").join(uid);
+        if !flotilla_runtime::rootfs::is_mounted(&ns) {
+            netns::create(&ns).map_err(|e| e.to_string())?;
+        }
+        let existing = self.containers.runtime().list().await.unwrap_or_default();
+        let mut ctrs = Vec::new();
+        for c in spec.containers {
+            let prefix = format!("{uid}_{}_", c.name);
+            // The newest container of this name, if the agent ran it before a restart.
+            let adopted = existing
+                .iter()
+                .filter_map(|s| {
+                    s.id.strip_prefix(&prefix)
+                        .and_then(|n| n.parse::<i32>().ok())
+                        .map(|n| (n, s.id.clone()))
+                })
+                .max();
+            let (restart_count, id) = match adopted {
+                Some((n, id)) => (n, Some(id)),
+                None => (0, None),
+            };
+            if let Some(id) = &id {
+                tracing::info!(container = %id, "adopted a running container");
+            }
+            ctrs.push(Ctr {
+                spec: c,
+                restart_count,
+                id,
+                image_id: String::new(),
+                started_at: String::new(),
+                started_ms: now_ms(),
+                waiting: Some(("ContainerCreating".into(), String::new())),
+                terminated: None,
+                last_terminated: None,
+                not_before_ms: 0,
+                crashes: 0,
+            });
+        }
+        Ok(PodRun {
+            pod,
+            netns: ns,
+            ctrs,
+            start_time: rfc3339(now_ms()),
+            last_report: None,
+        })
+    }
+
+    async fn teardown(&self, uid: &str, run: PodRun) {
+        let grace = pod_spec(&run.pod)
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30)
+            .clamp(0, 3600) as u64;
+        for c in &run.ctrs {
+            if let Some(id) = &c.id {
+                if let Err(e) = self.containers.stop(id, Duration::from_secs(grace)).await {
+                    tracing::warn!(container = %id, "stop: {e}");
+                }
+                if let Err(e) = self.containers.remove(id).await {
+                    tracing::warn!(container = %id, "remove: {e}");
+                }
+            }
+        }
+        let _ = netns::remove(&run.netns);
+        let _ = flotilla_runtime::cgroup::remove(&format!("/flotilla/{uid}"));
+        tracing::info!(pod = %run.pod.meta().name, "pod removed from the node");
+    }
+
+    async fn sync_pod(&mut self, uid: &str) {
+        let Some(mut run) = self.pods.remove(uid) else {
+            return;
+        };
+        let policy = pod_spec(&run.pod)
+            .map(|s| s.restart_policy.clone())
+            .unwrap_or_default();
+        for i in 0..run.ctrs.len() {
+            self.sync_container(uid, &mut run, i, &policy).await;
+        }
+        let status = pod_status(&run, &policy);
+        if run.last_report.as_ref() != Some(&status) {
+            let report = Object {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                metadata: Some(ObjectMeta {
+                    name: run.pod.meta().name.clone(),
+                    namespace: run.pod.meta().namespace.clone(),
+                    uid: run.pod.meta().uid.clone(),
+                    ..Default::default()
+                }),
+                body: Some(Body::Pod(Pod {
+                    spec: None,
+                    status: Some(status.clone()),
+                })),
+            };
+            if self.status_tx.try_send(report).is_ok() {
+                run.last_report = Some(status);
+            }
+        }
+        self.pods.insert(uid.to_string(), run);
+    }
+
+    async fn sync_container(&mut self, uid: &str, run: &mut PodRun, i: usize, policy: &str) {
+        let now = now_ms();
+        if let Some(id) = run.ctrs[i].id.clone() {
+            let st = match self.containers.status(&id).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(container = %id, "status: {e}");
+                    return;
+                }
+            };
+            let c = &mut run.ctrs[i];
+            match st.exit {
+                None if st.status == "running" => {
+                    if c.started_at.is_empty() {
+                        c.started_at = rfc3339(now);
+                    }
+                    c.waiting = None;
+                    c.terminated = None;
+                    return;
+                }
+                None if st.status == "created" => {
+                    let _ = self.containers.start(&id).await;
+                    return;
+                }
+                None if st.status != "unknown" => return,
+                None => {
+                    // The runtime lost it (host reboot): start a new one.
+                    c.id = None;
+                }
+                Some(exit) => {
+                    let reason = if st.oom_killed {
+                        "OOMKilled"
+                    } else if exit.exit_code == 0 {
+                        "Completed"
+                    } else {
+                        "Error"
+                    };
+                    let term = ContainerStateTerminated {
+                        exit_code: exit.exit_code,
+                        signal: exit.signal,
+                        reason: reason.into(),
+                        message: String::new(),
+                        started_at: rfc3339(exit.started_unix_ms),
+                        finished_at: rfc3339(exit.finished_unix_ms),
+                        container_id: format!("runc://{id}"),
+                    };
+                    let ran_ms = exit.finished_unix_ms - exit.started_unix_ms;
+                    if ran_ms >= self.cfg.backoff_reset_ms as i64 {
+                        c.crashes = 0;
+                    }
+                    let restart = match policy {
+                        "Never" => false,
+                        "OnFailure" => exit.exit_code != 0,
+                        _ => true,
+                    };
+                    if restart {
+                        let delay = if c.crashes == 0 {
+                            0
+                        } else {
+                            (self.cfg.crash_backoff_initial_ms << (c.crashes - 1).min(16))
+                                .min(self.cfg.crash_backoff_max_ms)
+                        };
+                        c.crashes += 1;
+                        c.not_before_ms = now + delay as i64;
+                        c.last_terminated = Some(term);
+                        c.terminated = None;
+                        c.started_at.clear();
+                        if delay > 0 {
+                            c.waiting = Some((
+                                "CrashLoopBackOff".into(),
+                                format!(
+                                    "back-off {}s restarting failed container={} pod={}",
+                                    delay / 1000,
+                                    c.spec.name,
+                                    run.pod.meta().name
+                                ),
+                            ));
+                        }
+                        let _ = self.containers.remove(&id).await;
+                        c.id = None;
+                        c.restart_count += 1;
+                    } else {
+                        c.terminated = Some(term);
+                        c.waiting = None;
+                        return;
+                    }
+                }
+            }
+        }
+        let c = &run.ctrs[i];
+        if c.id.is_some() || c.terminated.is_some() || now < c.not_before_ms {
+            return;
+        }
+        self.start_container(uid, run, i).await;
+    }
+
+    async fn start_container(&mut self, uid: &str, run: &mut PodRun, i: usize) {
+        let spec = run.ctrs[i].spec.clone();
+        let policy = match PullPolicy::parse(&spec.image_pull_policy, &spec.image) {
+            Ok(p) => p,
+            Err(e) => {
+                run.ctrs[i].waiting = Some(("InvalidImageName".into(), e.to_string()));
+                return;
+            }
+        };
+        let image: ImageRecord = match self.images.ensure(&spec.image, policy).await {
+            Ok(r) => r,
+            Err(e) => {
+                let c = &mut run.ctrs[i];
+                // Kubernetes shows ErrImagePull, then ImagePullBackOff while it waits.
+                let reason = if c.waiting.as_ref().is_some_and(|w| w.0 == "ErrImagePull") {
+                    "ImagePullBackOff"
+                } else {
+                    e.reason()
+                };
+                c.waiting = Some((reason.into(), e.to_string()));
+                c.crashes += 1;
+                let delay = (self.cfg.crash_backoff_initial_ms << (c.crashes - 1).min(16))
+                    .min(self.cfg.crash_backoff_max_ms);
+                c.not_before_ms = now_ms() + delay as i64;
+                return;
+            }
+        };
+        let img_cfg = image.config.clone().unwrap_or_default();
+        let env: Vec<(String, String)> = spec
+            .env
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect();
+        let id = container_id(uid, &spec.name, run.ctrs[i].restart_count);
+        let cfg = ContainerConfig {
+            id: id.clone(),
+            args: resolve_args(&img_cfg, &spec.command, &spec.args),
+            env: merge_env(&img_cfg.env, &env),
+            cwd: if spec.working_dir.is_empty() {
+                img_cfg.working_dir.clone()
+            } else {
+                spec.working_dir.clone()
+            },
+            uid: 0,
+            gid: 0,
+            hostname: run.pod.meta().name.chars().take(63).collect(),
+            netns: Some(run.netns.clone()),
+            mounts: Vec::new(),
+            resources: resources(&spec),
+            cgroups_path: format!("/flotilla/{uid}/{}", spec.name),
+            readonly_rootfs: false,
+        };
+        let c = &mut run.ctrs[i];
+        // A leftover of this id (a failed earlier attempt) goes first.
+        let _ = self.containers.remove(&id).await;
+        match self.containers.create(&cfg, &image, &self.images).await {
+            Ok(_) => match self.containers.start(&id).await {
+                Ok(()) => {
+                    c.id = Some(id);
+                    c.image_id = image.manifest_digest.clone();
+                    c.started_at = rfc3339(now_ms());
+                    c.started_ms = now_ms();
+                    c.waiting = None;
+                }
+                Err(e) => {
+                    c.waiting = Some(("RunContainerError".into(), e.to_string()));
+                    let _ = self.containers.remove(&id).await;
+                }
+            },
+            Err(e) => {
+                c.waiting = Some((e.reason().into(), e.to_string()));
+            }
+        }
+    }
+}
+
+fn pod_status(run: &PodRun, policy: &str) -> PodStatus {
+    let mut statuses = Vec::new();
+    let (mut running, mut succeeded, mut failed) = (0, 0, 0);
+    for c in &run.ctrs {
+        let state = if let Some(t) = &c.terminated {
+            if t.exit_code == 0 {
+                succeeded += 1;
+            } else {
+                failed += 1;
+            }
+            ContainerState {
+                terminated: Some(t.clone()),
+                ..Default::default()
+            }
+        } else if let Some((reason, message)) = &c.waiting {
+            ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: reason.clone(),
+                    message: message.clone(),
+                }),
+                ..Default::default()
+            }
+        } else if c.id.is_some() {
+            running += 1;
+            ContainerState {
+                running: Some(ContainerStateRunning {
+                    started_at: c.started_at.clone(),
+                }),
+                ..Default::default()
+            }
+        } else {
+            ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: "ContainerCreating".into(),
+                    message: String::new(),
+                }),
+                ..Default::default()
+            }
+        };
+        let is_running = state.running.is_some();
+        statuses.push(ContainerStatus {
+            name: c.spec.name.clone(),
+            state: Some(state),
+            last_state: c.last_terminated.clone().map(|t| ContainerState {
+                terminated: Some(t),
+                ..Default::default()
+            }),
+            ready: is_running,
+            restart_count: c.restart_count,
+            image: c.spec.image.clone(),
+            image_id: c.image_id.clone(),
+            container_id: c
+                .id
+                .as_ref()
+                .map(|i| format!("runc://{i}"))
+                .unwrap_or_default(),
+            started: Some(is_running),
+        });
+    }
+    let n = run.ctrs.len();
+    let phase = if n > 0 && succeeded == n && policy != "Always" {
+        "Succeeded"
+    } else if n > 0 && succeeded + failed == n && failed > 0 && policy == "Never" {
+        "Failed"
+    } else if running > 0 || succeeded + failed > 0 {
+        "Running"
+    } else {
+        "Pending"
+    };
+    let all_ready = n > 0 && running == n;
+    let cond = |t: &str, ok: bool| PodCondition {
+        r#type: t.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        last_probe_time: String::new(),
+        last_transition_time: String::new(),
+        reason: if ok || t == "PodScheduled" || t == "Initialized" {
+            String::new()
+        } else {
+            "ContainersNotReady".into()
+        },
+        message: String::new(),
+    };
+    PodStatus {
+        phase: phase.into(),
+        conditions: vec![
+            cond("PodScheduled", true),
+            cond("Initialized", true),
+            cond("ContainersReady", all_ready),
+            cond("Ready", all_ready),
+        ],
+        host_ip: String::new(),
+        pod_ip: String::new(),
+        start_time: run.start_time.clone(),
+        container_statuses: statuses,
+        qos_class: String::new(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,391 @@
+//! Proves pods run on agents, with real processes: three servers, a `flotilla agent` on QUIC,
+//! Debian's `docker-registry` on loopback and real `runc`. A pod with `spec.nodeName` is
+//! assigned to its node, pulled and started; its status (phase, Ready, container states)
+//! comes back through the status stream. A container killed from outside is restarted
+//! (restartCount goes up); a missing image shows ErrImagePull/ImagePullBackOff with the
+//! registry's reason; a failing `restartPolicy: Never` pod ends Failed with its exit code; a pod
+//! over its memory limit is OOMKilled. SIGKILL of the agent: on restart it adopts the running
+//! containers (none duplicated, restartCount unchanged). SIGKILL of the server it is connected
+//! to: it continues on another server and misses no assignment made meanwhile. Deleting a pod
+//! leaves no container, mount, network namespace or cgroup behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_api::pb::api::object::Body;
+use flotilla_api::pb::api::PodStatus;
+use flotilla_api::ObjectKey;
+use flotilla_tests::{cli, flotilla_bin, node_tests_possible, Cluster, Opts, Registry};
+
+struct Agent {
+    child: Option<Child>,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(servers: &str, token: Option<&str>, dir: &Path, registry: &str) -> Agent {
+        // Both runs of the agent append to one log.
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))
+            .unwrap();
+        let mut cmd = Command::new(flotilla_bin());
+        cmd.args([
+            "agent",
+            "--join",
+            servers,
+            "--name",
+            "n1",
+            "--insecure-registry",
+            registry,
+        ])
+        .args(["--crash-backoff-initial-ms", "500"])
+        .arg("--data-dir")
+        .arg(dir.join("n1"))
+        .env("FLOTILLA_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(f);
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        Agent {
+            child: Some(cmd.spawn().expect("spawn agent")),
+            dir: dir.join("n1"),
+            log: dir.join("agent.log"),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn runc_ids(&self) -> Vec<String> {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(self.dir.join("runtime/runc"))
+            .args(["list", "-q"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Nothing of the agent's containers may outlive the test, also when it fails.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        for id in self.runc_ids() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(self.dir.join("runtime/runc"))
+                .args(["delete", "--force", &id])
+                .output();
+        }
+        for m in flotilla_runtime::rootfs::mounts_under(&self.dir) {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        for d in flotilla_runtime::cgroup::existing("/flotilla") {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    let _ = flotilla_runtime::cgroup::remove(&format!(
+                        "/flotilla/{}",
+                        e.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn pod_manifest(
+    name: &str,
+    image: &str,
+    extra_spec: &str,
+    container_extra: &str,
+    command: &str,
+) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: n1\n{extra_spec}  containers:\n  - name: main\n    image: {image}\n    command: [\"sh\", \"-c\", \"{command}\"]\n{container_extra}"
+    )
+}
+
+async fn status(c: &mut flotilla_client::Client, name: &str) -> Option<(String, PodStatus)> {
+    let key = ObjectKey {
+        kind: "Pod".into(),
+        namespace: "default".into(),
+        name: name.into(),
+    };
+    let (o, _) = c.get(key, false).await.ok()?;
+    match o.body {
+        Some(Body::Pod(p)) => Some((o.metadata.unwrap_or_default().uid, p.status?)),
+        _ => None,
+    }
+}
+
+async fn wait_for<F: Fn(&PodStatus) -> bool>(
+    c: &mut flotilla_client::Client,
+    name: &str,
+    what: &str,
+    agent: &Agent,
+    f: F,
+) -> (String, PodStatus) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    loop {
+        if let Some((uid, st)) = status(c, name).await {
+            if f(&st) {
+                return (uid, st);
+            }
+            last = Some(st);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod {name}: never {what}; last status {last:?}\nagent log:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn main_state(st: &PodStatus) -> flotilla_api::pb::api::ContainerState {
+    st.container_statuses
+        .first()
+        .and_then(|c| c.state.clone())
+        .unwrap_or_default()
+}
+
+fn running(st: &PodStatus) -> bool {
+    st.phase == "Running" && main_state(st).running.is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_run_restart_report_and_survive_agent_and_server_kills() {
+    if !node_tests_possible("agent_pods") {
+        return;
+    }
+    let registry = Registry::start();
+    let mut cluster = Cluster::start(
+        3,
+        Opts {
+            extra_limits: vec!["heartbeat_period_ms = 500".into()],
+            ..Default::default()
+        },
+    );
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    let servers = cluster.api_addrs().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, token, err) = cli(&["--server", &servers, "token", "create"], None);
+    assert!(ok, "{err}");
+    let mut agent = Agent::start(&servers, Some(token.trim()), dir.path(), &registry.addr);
+    let image = registry.image("busybox:test");
+    let apply = |text: String| {
+        let (ok, out, err) = cli(&["--server", &servers, "apply", "-f", "-"], Some(&text));
+        assert!(ok, "apply: {err}{out}");
+    };
+    let mut c = cluster.client().await;
+
+    // A long-running pod: Running and Ready, output in its log.
+    apply(pod_manifest(
+        "hello",
+        &image,
+        "",
+        "",
+        "echo started; exec sleep 3600",
+    ));
+    let (uid, st) = wait_for(&mut c, "hello", "Running", &agent, running).await;
+    assert!(
+        st.conditions
+            .iter()
+            .any(|c| c.r#type == "Ready" && c.status == "True"),
+        "{st:?}"
+    );
+    let cs = &st.container_statuses[0];
+    assert_eq!(cs.restart_count, 0);
+    assert!(cs.image_id.starts_with("sha256:"), "{cs:?}");
+    let ids = agent.runc_ids();
+    assert_eq!(ids, vec![format!("{uid}_main_0")]);
+
+    // Killed from outside: restarted, restartCount 1, lastState terminated by SIGKILL.
+    let state = Command::new("runc")
+        .arg("--root")
+        .arg(agent.dir.join("runtime/runc"))
+        .args(["state", &ids[0]])
+        .output()
+        .unwrap();
+    let pid = serde_json::from_slice::<serde_json::Value>(&state.stdout).unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let (_, st) = wait_for(&mut c, "hello", "restarted", &agent, |s| {
+        running(s) && s.container_statuses[0].restart_count == 1
+    })
+    .await;
+    let last = st.container_statuses[0]
+        .last_state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!(last.exit_code, 137, "{last:?}");
+
+    // A missing image: ErrImagePull / ImagePullBackOff with the registry's reason.
+    apply(pod_manifest(
+        "missing",
+        &registry.image("nosuch:1"),
+        "",
+        "",
+        "true",
+    ));
+    let (_, st) = wait_for(&mut c, "missing", "waiting on the image", &agent, |s| {
+        main_state(s)
+            .waiting
+            .is_some_and(|w| w.reason == "ErrImagePull" || w.reason == "ImagePullBackOff")
+    })
+    .await;
+    let w = main_state(&st).waiting.unwrap();
+    assert!(w.message.to_lowercase().contains("unknown"), "{w:?}");
+
+    // restartPolicy Never, exit 3: Failed with the exit code.
+    apply(pod_manifest(
+        "fails",
+        &image,
+        "  restartPolicy: Never\n",
+        "",
+        "exit 3",
+    ));
+    let (_, st) = wait_for(&mut c, "fails", "Failed", &agent, |s| s.phase == "Failed").await;
+    let t = main_state(&st).terminated.unwrap();
+    assert_eq!((t.exit_code, t.reason.as_str()), (3, "Error"));
+
+    // Over the memory limit: OOMKilled.
+    apply(pod_manifest(
+        "hog",
+        &image,
+        "  restartPolicy: Never\n",
+        "    resources:\n      limits:\n        memory: 16Mi\n",
+        "dd if=/dev/zero of=/dev/null bs=64M count=4",
+    ));
+    let (_, st) = wait_for(&mut c, "hog", "terminated", &agent, |s| {
+        main_state(s).terminated.is_some()
+    })
+    .await;
+    assert_eq!(main_state(&st).terminated.unwrap().reason, "OOMKilled");
+
+    // SIGKILL the agent and start it again: the running container is adopted, not duplicated.
+    agent.kill();
+    let before = agent.runc_ids();
+    let mut agent = Agent::start(&servers, None, dir.path(), &registry.addr);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, st) = wait_for(
+        &mut c,
+        "hello",
+        "Running after the agent restart",
+        &agent,
+        running,
+    )
+    .await;
+    assert_eq!(st.container_statuses[0].restart_count, 1);
+    assert_eq!(
+        agent.runc_ids(),
+        before,
+        "containers changed across the agent restart"
+    );
+    assert!(
+        agent.log().contains("adopted a running container"),
+        "{}",
+        agent.log()
+    );
+
+    // SIGKILL the server the agent is connected to; a pod created meanwhile still arrives.
+    let log = agent.log();
+    let addr = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("session established"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .expect("session log line")
+        .to_string();
+    let victim = (1..=3u64)
+        .find(|id| cluster.api_addrs()[(*id - 1) as usize] == addr)
+        .expect("agent's server");
+    cluster.kill(victim);
+    let others: Vec<String> = cluster
+        .running()
+        .iter()
+        .map(|id| cluster.api_addrs()[(*id - 1) as usize].clone())
+        .collect();
+    let others = others.join(",");
+    let text = pod_manifest("later", &image, "", "", "exec sleep 3600");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, _, err) = cli(&["--server", &others, "apply", "-f", "-"], Some(&text));
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "apply after the server kill: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut c = flotilla_tests::connect(others.split(',').map(str::to_string).collect()).await;
+    wait_for(
+        &mut c,
+        "later",
+        "Running on the agent's new server",
+        &agent,
+        running,
+    )
+    .await;
+
+    // Delete: containers, mounts, netns and cgroup of the pod are gone.
+    let (ok, _, err) = cli(&["--server", &others, "delete", "pod", "hello"], None);
+    assert!(ok, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left: Vec<String> = agent
+            .runc_ids()
+            .into_iter()
+            .filter(|i| i.starts_with(&uid))
+            .collect();
+        let mounts: Vec<String> = flotilla_runtime::rootfs::mounts_under(&agent.dir)
+            .into_iter()
+            .filter(|m| m.contains(&uid))
+            .collect();
+        let cgroups = flotilla_runtime::cgroup::existing(&format!("/flotilla/{uid}"));
+        if left.is_empty() && mounts.is_empty() && cgroups.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: containers {left:?} mounts {mounts:?} cgroups {cgroups:?}\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(!agent
+        .dir
+        .join("runtime/containers")
+        .join(format!("{uid}_main_1"))
+        .exists());
+    agent.kill();
+}

@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "flotilla/api/v1/batch.proto",
         "flotilla/api/v1/objects.proto",
         "flotilla/api/v1/object_service.proto",
+        "flotilla/api/v1/pod_service.proto",
         "flotilla/admin/v1/cluster.proto",
         "flotilla/raft/v1/raft.proto",
         "flotilla/node/v1/runtime.proto",

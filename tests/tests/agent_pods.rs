@@ -6,7 +6,8 @@
 //! registry's reason; a failing `restartPolicy: Never` pod ends Failed with its exit code; a pod
 //! over its memory limit is OOMKilled. SIGKILL of the agent: on restart it adopts the running
 //! containers (none duplicated, restartCount unchanged). SIGKILL of the server it is connected
-//! to: it continues on another server and misses no assignment made meanwhile. Deleting a pod
+//! to: it continues on another server and misses no assignment made meanwhile. `logs` (also
+//! `--previous`) and `exec` reach the container through any server. Deleting a pod
 //! leaves no container, mount, network namespace or cgroup behind.
 
 use std::path::{Path, PathBuf};
@@ -109,6 +110,20 @@ impl Drop for Agent {
             }
         }
     }
+}
+
+/// The CLI's exit code, stdout and stderr.
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let o = Command::new(flotilla_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 fn pod_manifest(
@@ -246,6 +261,27 @@ async fn pods_run_restart_report_and_survive_agent_and_server_kills() {
         .unwrap();
     assert_eq!(last.exit_code, 137, "{last:?}");
 
+    // logs (current and previous instance) and exec, through whichever server the CLI reaches.
+    let (ok, out, err) = cli(&["--server", &servers, "logs", "hello"], None);
+    assert!(ok, "logs: {err}");
+    assert_eq!(out, "started\n");
+    let (ok, out, err) = cli(&["--server", &servers, "logs", "hello", "--previous"], None);
+    assert!(ok, "logs --previous: {err}");
+    assert_eq!(out, "started\n");
+    let (code, out, err) = run(&[
+        "--server",
+        &servers,
+        "exec",
+        "hello",
+        "--",
+        "sh",
+        "-c",
+        "echo from-exec; echo to-err >&2; exit 4",
+    ]);
+    assert_eq!(code, Some(4), "exec: {err}");
+    assert_eq!(out, "from-exec\n");
+    assert!(err.contains("to-err"), "{err}");
+
     // A missing image: ErrImagePull / ImagePullBackOff with the registry's reason.
     apply(pod_manifest(
         "missing",
@@ -356,6 +392,19 @@ async fn pods_run_restart_report_and_survive_agent_and_server_kills() {
         running,
     )
     .await;
+    // exec from every live server: one holds the agent's session, the other forwards to it.
+    for s in others.split(',') {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (code, out, err) = run(&["--server", s, "exec", "later", "--", "echo", "ok"]);
+            if code == Some(0) {
+                assert_eq!(out, "ok\n");
+                break;
+            }
+            assert!(Instant::now() < deadline, "exec via {s}: {err}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
 
     // Delete: containers, mounts, netns and cgroup of the pod are gone.
     let (ok, _, err) = cli(&["--server", &others, "delete", "pod", "hello"], None);

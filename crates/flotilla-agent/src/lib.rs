@@ -11,6 +11,7 @@ pub mod join;
 pub mod nodeinfo;
 pub mod pods;
 pub mod session;
+pub mod streams;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

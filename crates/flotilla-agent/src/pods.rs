@@ -297,6 +297,7 @@ impl PodManager {
                 }
             }
         }
+        self.containers.remove_logs(&format!("{uid}_"));
         let _ = netns::remove(&run.netns);
         let _ = flotilla_runtime::cgroup::remove(&format!("/flotilla/{uid}"));
         tracing::info!(pod = %run.pod.meta().name, "pod removed from the node");
@@ -413,7 +414,15 @@ impl PodManager {
                                 ),
                             ));
                         }
-                        let _ = self.containers.remove(&id).await;
+                        // The previous instance's log stays for `logs --previous`.
+                        let _ = self.containers.remove_keep_logs(&id).await;
+                        if c.restart_count >= 1 {
+                            self.containers.remove_logs(&container_id(
+                                uid,
+                                &c.spec.name,
+                                c.restart_count - 1,
+                            ));
+                        }
                         c.id = None;
                         c.restart_count += 1;
                     } else {

@@ -141,8 +141,32 @@ async fn registered(
             }
         }
     };
+    let containers = match flotilla_runtime::Containers::open({
+        let mut rc = flotilla_runtime::RuntimeConfig::new(
+            cfg.data_dir.join("runtime"),
+            cfg.shim_program.clone(),
+        );
+        rc.runtime_binary = cfg.runtime.clone();
+        rc
+    }) {
+        Ok(c) => std::sync::Arc::new(c),
+        Err(e) => return Ended::Failed(e.to_string()),
+    };
+    // Streams the server opens: logs and exec.
+    let served = async {
+        loop {
+            match conn.accept_bi().await {
+                Ok((send, recv)) => {
+                    let c = containers.clone();
+                    tokio::spawn(async move { crate::streams::serve(&c, send, recv).await });
+                }
+                Err(e) => return e.to_string(),
+            }
+        }
+    };
     tokio::select! {
         e = heartbeats => e,
+        e = served => Ended::AfterRegister(e),
         e = assignments(conn, &desired, &changed) => Ended::AfterRegister(e),
         e = statuses(conn, &mut links.status_rx, &mut links.latest, &desired) => Ended::AfterRegister(e),
     }

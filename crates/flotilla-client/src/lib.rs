@@ -477,6 +477,44 @@ impl Client {
         Ok(r.into_inner())
     }
 
+    /// A container's log as chunks of text (kubectl logs); with `follow` it ends when the
+    /// container does.
+    pub async fn logs(
+        &mut self,
+        req: flotilla_api::pb::api::LogsRequest,
+    ) -> Result<tonic::Streaming<flotilla_api::pb::api::OutputChunk>, ApiError> {
+        let r = self
+            .call(true, |ch, _opts: Opts| {
+                let r = tonic::Request::new(req.clone());
+                async move {
+                    flotilla_api::pb::api::pod_service_client::PodServiceClient::new(ch)
+                        .logs(r)
+                        .await
+                }
+            })
+            .await?;
+        Ok(r.into_inner())
+    }
+
+    /// Runs a command in a container (kubectl exec, without stdin): its stdout and stderr,
+    /// then a last chunk with the exit code. Not retried: the command may have run.
+    pub async fn exec(
+        &mut self,
+        req: flotilla_api::pb::api::ExecRequest,
+    ) -> Result<tonic::Streaming<flotilla_api::pb::api::OutputChunk>, ApiError> {
+        let r = self
+            .call(false, |ch, _opts: Opts| {
+                let r = tonic::Request::new(req.clone());
+                async move {
+                    flotilla_api::pb::api::pod_service_client::PodServiceClient::new(ch)
+                        .exec(r)
+                        .await
+                }
+            })
+            .await?;
+        Ok(r.into_inner())
+    }
+
     /// kubectl apply: create when absent, update when the user's fields differ, else nothing.
     pub async fn apply(&mut self, object: Object) -> Result<(ApplyOutcome, Object), ApiError> {
         for _ in 0..APPLY_CONFLICT_RETRIES {

@@ -284,6 +284,61 @@ impl Containers {
     /// Deletes the container from the runtime and removes its root filesystem, bundle, logs
     /// and cgroup. Removing an unknown container is not an error.
     pub async fn remove(&self, id: &str) -> Result<()> {
+        self.remove_inner(id, false).await
+    }
+
+    /// [`Containers::remove`] but the logs stay (`logs --previous` of a restarted container).
+    pub async fn remove_keep_logs(&self, id: &str) -> Result<()> {
+        self.remove_inner(id, true).await
+    }
+
+    /// Ids of containers with logs whose id starts with `prefix`.
+    pub fn logged_ids(&self, prefix: &str) -> Vec<String> {
+        let dir = self.cfg.data_dir.join("logs");
+        let mut out: Vec<String> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        n.strip_suffix(".log").map(str::to_string)
+                    })
+                    .filter(|id| id.starts_with(prefix))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// Removes the log files of containers whose id starts with `prefix`.
+    pub fn remove_logs(&self, prefix: &str) {
+        for id in self.logged_ids(prefix) {
+            for f in self.log_files(&id) {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
+
+    /// `runtime exec` of `command` in a running container, stdio piped, killed on drop.
+    pub fn exec_command(&self, id: &str, command: &[String]) -> Result<tokio::process::Command> {
+        bundle::validate_id(id)?;
+        if command.is_empty() {
+            return Err(RuntimeError::InvalidConfig("exec needs a command".into()));
+        }
+        let mut cmd = tokio::process::Command::new(self.runtime.binary());
+        cmd.arg("--root")
+            .arg(self.runtime.root())
+            .arg("exec")
+            .arg(id)
+            .args(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    async fn remove_inner(&self, id: &str, keep_logs: bool) -> Result<()> {
         bundle::validate_id(id)?;
         let cg = self.cgroups_path(id);
         self.runtime.delete(id, true).await?;
@@ -292,8 +347,10 @@ impl Containers {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(RuntimeError::io("remove bundle", &dir))?;
         }
-        for f in self.log_files(id) {
-            let _ = std::fs::remove_file(f);
+        if !keep_logs {
+            for f in self.log_files(id) {
+                let _ = std::fs::remove_file(f);
+            }
         }
         if let Some(cg) = cg {
             cgroup::remove(&cg).map_err(|message| RuntimeError::Shim {

@@ -41,6 +41,24 @@ const ASSIGNMENT_CHUNK_PODS: usize = 200;
 /// Time to wait for the first frame of a stream.
 const FIRST_FRAME_MS: u64 = 10_000;
 
+/// Live agent connections on this server: node name → (connection id, connection).
+pub type AgentConnections = Arc<Mutex<HashMap<String, (usize, quinn::Connection)>>>;
+
+/// Annotation on a node's Lease naming the API address of the server its agent is connected
+/// to, so any server can route `logs` and `exec` to it.
+pub const AGENT_SERVER_ANNOTATION: &str = "flotilla.io/agent-server";
+
+fn lease_meta(name: &str, server: &str) -> ObjectMeta {
+    let mut annotations = std::collections::BTreeMap::new();
+    annotations.insert(AGENT_SERVER_ANNOTATION.to_string(), server.to_string());
+    ObjectMeta {
+        name: name.to_string(),
+        namespace: NODE_LEASE_NAMESPACE.into(),
+        annotations,
+        ..Default::default()
+    }
+}
+
 struct Dispatcher {
     node: Arc<Node>,
     api: Arc<ObjectApi>,
@@ -144,8 +162,9 @@ impl Dispatcher {
             };
             let d = self.clone();
             let peer = peer.clone();
+            let conn = conn.clone();
             tokio::spawn(async move {
-                if let Err(e) = d.stream(peer, send, recv).await {
+                if let Err(e) = d.stream(peer, &conn, send, recv).await {
                     tracing::debug!("agent stream: {e}");
                 }
             });
@@ -155,6 +174,7 @@ impl Dispatcher {
     async fn stream(
         &self,
         peer: Option<String>,
+        conn: &quinn::Connection,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) -> Result<(), flotilla_quic::QuicError> {
@@ -174,7 +194,7 @@ impl Dispatcher {
             }),
             Some(agent_request::Kind::Join(j)) => self.join(j).await,
             Some(agent_request::Kind::Register(r)) => {
-                return self.session(peer, r, send, recv).await;
+                return self.session(peer, conn, r, send, recv).await;
             }
             Some(agent_request::Kind::WatchAssignments(w)) => {
                 return self.assignments(peer, w.from_revision, send).await;
@@ -245,6 +265,7 @@ impl Dispatcher {
     async fn session(
         &self,
         peer: Option<String>,
+        conn: &quinn::Connection,
         r: RegisterRequest,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
@@ -261,16 +282,35 @@ impl Dispatcher {
             }
         };
         self.heard(&name);
-        write_frame(&mut send, &self.session_reply()).await?;
+        let conn_id = conn.stable_id();
+        if let Ok(mut a) = self.node.agents.lock() {
+            a.insert(name.clone(), (conn_id, conn.clone()));
+        }
+        let res = self.heartbeats(&name, &mut send, &mut recv).await;
+        if let Ok(mut a) = self.node.agents.lock() {
+            if a.get(&name).is_some_and(|(id, _)| *id == conn_id) {
+                a.remove(&name);
+            }
+        }
+        res
+    }
+
+    async fn heartbeats(
+        &self,
+        name: &str,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<(), flotilla_quic::QuicError> {
+        write_frame(send, &self.session_reply()).await?;
         loop {
             let frame = tokio::select! {
                 _ = self.node.shutdown.cancelled() => return Ok(()),
-                f = read_frame::<AgentRequest>(&mut recv) => f?,
+                f = read_frame::<AgentRequest>(recv) => f?,
             };
             match frame.and_then(|f| f.kind) {
                 Some(agent_request::Kind::Heartbeat(_)) => {
-                    self.heard(&name);
-                    write_frame(&mut send, &self.session_reply()).await?;
+                    self.heard(name);
+                    write_frame(send, &self.session_reply()).await?;
                 }
                 None => return Ok(()),
                 Some(_) => {
@@ -280,7 +320,7 @@ impl Dispatcher {
                             "a session carries heartbeats only",
                         ))),
                     };
-                    write_frame(&mut send, &resp).await?;
+                    write_frame(send, &resp).await?;
                     return Ok(());
                 }
             }
@@ -589,11 +629,7 @@ impl Dispatcher {
         let lease = Object {
             api_version: "coordination.k8s.io/v1".into(),
             kind: "Lease".into(),
-            metadata: Some(ObjectMeta {
-                name: name.clone(),
-                namespace: NODE_LEASE_NAMESPACE.into(),
-                ..Default::default()
-            }),
+            metadata: Some(lease_meta(&name, &self.node.api_addr)),
             body: Some(Body::Lease(Lease {
                 spec: Some(LeaseSpec {
                     holder_identity: Some(name.clone()),
@@ -696,11 +732,7 @@ async fn lease_batches(d: Arc<Dispatcher>) {
                     op: Some(Op::Update(Object {
                         api_version: "coordination.k8s.io/v1".into(),
                         kind: "Lease".into(),
-                        metadata: Some(ObjectMeta {
-                            name: name.clone(),
-                            namespace: NODE_LEASE_NAMESPACE.into(),
-                            ..Default::default()
-                        }),
+                        metadata: Some(lease_meta(name, &d.node.api_addr)),
                         body: Some(Body::Lease(Lease {
                             spec: Some(LeaseSpec {
                                 holder_identity: Some(name.clone()),

@@ -13,6 +13,7 @@ pub mod events;
 pub mod identity;
 pub mod metrics;
 pub mod node;
+pub mod pods;
 pub mod proposer;
 pub mod watch;
 

@@ -59,6 +59,10 @@ pub struct Node {
     pub metrics: Metrics,
     pub watchers: Arc<tokio::sync::Semaphore>,
     pub shutdown: CancellationToken,
+    /// This server's client API address (agents' Leases name it as their server).
+    pub api_addr: String,
+    /// Agents with a session on this server, by node name.
+    pub agents: crate::dispatcher::AgentConnections,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -267,6 +271,8 @@ pub async fn start(config: ServerConfig, data_dir: PathBuf) -> Result<ServerHand
         metrics: Metrics::new(),
         watchers: Arc::new(tokio::sync::Semaphore::new(config.limits.max_watchers)),
         shutdown: CancellationToken::new(),
+        api_addr: config.api_addr.clone(),
+        agents: Default::default(),
         channels: Mutex::new(HashMap::new()),
     });
     let tasks = TaskTracker::new();
@@ -289,15 +295,20 @@ pub async fn start(config: ServerConfig, data_dir: PathBuf) -> Result<ServerHand
     crate::events::start(node.clone(), proposer.clone(), &tasks);
     let internal_api = Arc::new(crate::api::ObjectApi::new(node.clone(), proposer.clone()));
     crate::identity::start(node.clone(), internal_api.clone(), &tasks);
+    let internal_pods_api = internal_api.clone();
     crate::dispatcher::start(node.clone(), internal_api, agent_endpoint, &tasks);
     let object_svc = ObjectServiceServer::new(crate::api::ObjectApi::new(node.clone(), proposer))
         .max_decoding_message_size(max_req)
         .max_encoding_message_size(usize::MAX);
     let cluster_svc = ClusterServiceServer::new(crate::admin::ClusterApi::new(node.clone()));
+    let pod_svc = flotilla_api::pb::api::pod_service_server::PodServiceServer::new(
+        crate::pods::PodApi::new(node.clone(), internal_pods_api),
+    );
     tasks.spawn(serve("api", token.clone(), async move {
         tonic::transport::Server::builder()
             .add_service(object_svc)
             .add_service(cluster_svc)
+            .add_service(pod_svc)
             .serve_with_incoming_shutdown(incoming(api_listener), token.cancelled_owned())
             .await
     }));

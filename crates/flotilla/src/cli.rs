@@ -686,3 +686,89 @@ pub fn explain(path: &str) -> anyhow::Result<()> {
     print!("{text}");
     Ok(())
 }
+
+#[derive(Args)]
+pub struct LogsArgs {
+    pub pod: String,
+    #[arg(short = 'c', long, default_value = "")]
+    pub container: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Keep printing new lines until the container ends.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// The last N lines only.
+    #[arg(long)]
+    pub tail: Option<i64>,
+    /// The previous, terminated instance of the container.
+    #[arg(short = 'p', long)]
+    pub previous: bool,
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    pub pod: String,
+    #[arg(short = 'c', long, default_value = "")]
+    pub container: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+pub async fn logs(conn: &Conn, a: LogsArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut c = conn.client().await?;
+    let mut s = c
+        .logs(flotilla_api::pb::api::LogsRequest {
+            namespace: a.namespace,
+            pod: a.pod,
+            container: a.container,
+            follow: a.follow,
+            tail_lines: a.tail,
+            previous: a.previous,
+        })
+        .await?;
+    let mut out = std::io::stdout();
+    while let Some(chunk) = s
+        .message()
+        .await
+        .map_err(|e| flotilla_api::ApiError::from_status(&e))?
+    {
+        out.write_all(&chunk.data)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// Runs the command; returns its exit code for the CLI to exit with.
+pub async fn exec(conn: &Conn, a: ExecArgs) -> anyhow::Result<i32> {
+    use std::io::Write;
+    let mut c = conn.client().await?;
+    let mut s = c
+        .exec(flotilla_api::pb::api::ExecRequest {
+            namespace: a.namespace,
+            pod: a.pod,
+            container: a.container,
+            command: a.command,
+        })
+        .await?;
+    let mut code = None;
+    while let Some(chunk) = s
+        .message()
+        .await
+        .map_err(|e| flotilla_api::ApiError::from_status(&e))?
+    {
+        if chunk.stream == 2 {
+            std::io::stderr().write_all(&chunk.data)?;
+        } else {
+            std::io::stdout().write_all(&chunk.data)?;
+            std::io::stdout().flush()?;
+        }
+        if let Some(c) = chunk.exit_code {
+            code = Some(c);
+        }
+    }
+    code.ok_or_else(|| anyhow!("the connection to the container ended before the command did"))
+}

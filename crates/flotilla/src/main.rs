@@ -83,6 +83,10 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print a container's log.
+    Logs(cli::LogsArgs),
+    /// Run a command in a container: `flotilla exec POD [-c C] -- CMD ARGS...`.
+    Exec(cli::ExecArgs),
     /// Join tokens for agents: create, list, revoke.
     Token {
         #[command(subcommand)]
@@ -285,6 +289,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Label(args) => cli::set_metadata(&conn, args, false).await,
         Command::Annotate(args) => cli::set_metadata(&conn, args, true).await,
         Command::Token { command } => token::run(&conn, command).await,
+        Command::Logs(args) => cli::logs(&conn, args).await,
+        Command::Exec(args) => {
+            let code = cli::exec(&conn, args).await?;
+            if code != 0 {
+                std::process::exit(code.clamp(1, 255));
+            }
+            Ok(())
+        }
         Command::Server { .. }
         | Command::Explain { .. }
         | Command::Completion { .. }

@@ -348,7 +348,9 @@ push() {
     pushed+=("pushed 127.0.0.1:$port/$repo:$tag $got")
 }
 
-bb_version="$(/bin/busybox 2>&1 | head -1 | sed -n 's/^BusyBox v\([0-9][0-9.]*\).*/\1/p')"
+# sed reads all of busybox's help: closing the pipe early (head) would SIGPIPE busybox and,
+# under pipefail, fail the script at random.
+bb_version="$(/bin/busybox 2>&1 | sed -n '1s/^BusyBox v\([0-9][0-9.]*\).*/\1/p')" || bb_version=""
 push busybox busybox test
 [ -n "$bb_version" ] && push busybox busybox "$bb_version"
 push busybox busybox latest

@@ -339,6 +339,18 @@ impl PodManager {
     async fn sync_container(&mut self, uid: &str, run: &mut PodRun, i: usize, policy: &str) {
         let now = now_ms();
         if let Some(id) = run.ctrs[i].id.clone() {
+            // Seen running before: only the shim's exit record can change that, and reading
+            // it costs no runtime process (a sync visits every container).
+            if !run.ctrs[i].started_at.is_empty() {
+                match self.containers.exited(&id) {
+                    Ok(None) => return,
+                    Ok(Some(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(container = %id, "exit record: {e}");
+                        return;
+                    }
+                }
+            }
             let st = match self.containers.status(&id).await {
                 Ok(s) => s,
                 Err(e) => {

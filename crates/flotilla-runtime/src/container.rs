@@ -240,6 +240,18 @@ impl Containers {
         })
     }
 
+    /// The exit record and OOM flag if the container's init has ended, read from the shim's
+    /// file and the cgroup without calling the runtime: cheap enough to poll every container.
+    pub fn exited(&self, id: &str) -> Result<Option<(ContainerExit, bool)>> {
+        let Some(exit) = shim::read_exit(&self.bundle_dir(id))? else {
+            return Ok(None);
+        };
+        let oom = self
+            .cgroups_path(id)
+            .is_some_and(|p| cgroup::oom_killed(&p));
+        Ok(Some((exit, oom)))
+    }
+
     /// The cgroup path recorded in the container's bundle.
     pub fn cgroups_path(&self, id: &str) -> Option<String> {
         let spec = oci_spec::runtime::Spec::load(self.bundle_dir(id).join("config.json")).ok()?;

@@ -589,12 +589,20 @@ impl Registry {
             .arg(dir.path())
             .output()
             .expect("run local-registry.sh");
-        assert!(
-            out.status.success(),
-            "local-registry.sh start failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            // A registry the script started before failing must not outlive the test.
+            let _ = Command::new("bash")
+                .arg(&script)
+                .args(["stop", "--dir"])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .status();
+            panic!(
+                "local-registry.sh start failed:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         Registry {
             addr: format!("127.0.0.1:{port}"),
             dir,

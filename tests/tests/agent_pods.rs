@@ -3,7 +3,8 @@
 //! assigned to its node, pulled and started; its status (phase, Ready, container states)
 //! comes back through the status stream. A container killed from outside is restarted
 //! (restartCount goes up); a missing image shows ErrImagePull/ImagePullBackOff with the
-//! registry's reason; a failing `restartPolicy: Never` pod ends Failed with its exit code; a pod
+//! registry's reason; a failing `restartPolicy: Never` pod ends Failed with its exit code;
+//! `runAsUser` is honoured; a pod
 //! over its memory limit is OOMKilled. SIGKILL of the agent: on restart it adopts the running
 //! containers (none duplicated, restartCount unchanged). SIGKILL of the server it is connected
 //! to: it continues on another server and misses no assignment made meanwhile. `logs` (also
@@ -310,6 +311,22 @@ async fn pods_run_restart_report_and_survive_agent_and_server_kills() {
     let (_, st) = wait_for(&mut c, "fails", "Failed", &agent, |s| s.phase == "Failed").await;
     let t = main_state(&st).terminated.unwrap();
     assert_eq!((t.exit_code, t.reason.as_str()), (3, "Error"));
+
+    // securityContext.runAsUser: the process runs as that user.
+    apply(pod_manifest(
+        "user",
+        &image,
+        "  restartPolicy: Never\n  securityContext:\n    runAsUser: 1000\n",
+        "",
+        "id -u",
+    ));
+    wait_for(&mut c, "user", "Succeeded", &agent, |s| {
+        s.phase == "Succeeded"
+    })
+    .await;
+    let (ok, out, err) = cli(&["--server", &servers, "logs", "user"], None);
+    assert!(ok, "logs user: {err}");
+    assert_eq!(out, "1000\n");
 
     // Over the memory limit: OOMKilled.
     apply(pod_manifest(

@@ -5,7 +5,8 @@
 //! memory limits OOM-kill and are reported, a pod's containers share one network namespace,
 //! graceful stop escalates to SIGKILL, a new runtime instance re-adopts running containers, and
 //! removal leaves no mount, cgroup, bundle or runc state behind. Missing images and tags fail
-//! with the registry's reason. Needs root, runc, docker-registry and skopeo (CI installs them).
+//! with the registry's reason. Image GC removes unused images and the layers only they used.
+//! Needs root, runc, docker-registry and skopeo (CI installs them).
 
 use flotilla_runtime::bundle::{resolve_args, BindMount, ContainerConfig, Resources};
 use flotilla_runtime::{
@@ -381,4 +382,24 @@ async fn images_containers_logs_limits_and_cleanup() {
     netns::remove(&ns).unwrap();
     assert!(!Path::new(&ns).exists());
     node.assert_clean().await;
+
+    // Image GC: keeping busybox removes the layered image and the layers only it used; the
+    // shared busybox layer stays.
+    let report = node
+        .images
+        .gc(&[busybox.clone()].into_iter().collect())
+        .await
+        .unwrap();
+    assert_eq!(report.images, 1, "{report:?}");
+    assert_eq!(report.layers, 2, "{report:?}");
+    node.images
+        .ensure(&busybox, PullPolicy::Never)
+        .await
+        .unwrap();
+    let gone = node
+        .images
+        .ensure(&registry.image("layered:latest"), PullPolicy::Never)
+        .await
+        .unwrap_err();
+    assert_eq!(gone.reason(), "ErrImageNeverPull");
 }

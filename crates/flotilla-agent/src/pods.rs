@@ -130,6 +130,65 @@ fn resources(c: &Container) -> Resources {
     )
 }
 
+/// The uid and gid a container runs as: the container's securityContext, else the pod's, else
+/// the image's `USER` (numeric `uid[:gid]` or `root`). Kubernetes' runAsNonRoot is enforced.
+pub fn run_as(
+    pod: Option<&flotilla_api::pb::api::PodSecurityContext>,
+    ctr: Option<&flotilla_api::pb::api::SecurityContext>,
+    image_user: &str,
+) -> Result<(u32, u32), String> {
+    let parse_image = || -> Result<(u32, u32), String> {
+        match image_user {
+            "" | "root" | "0" => Ok((0, 0)),
+            u => {
+                let (a, b) = u.split_once(':').unwrap_or((u, ""));
+                let uid = a.parse::<u32>().map_err(|_| {
+                    format!("the image's user {u:?} is not numeric: set securityContext.runAsUser")
+                })?;
+                let gid = if b.is_empty() {
+                    uid
+                } else {
+                    b.parse::<u32>().map_err(|_| {
+                        format!(
+                            "the image's group in {u:?} is not numeric: set securityContext.runAsGroup"
+                        )
+                    })?
+                };
+                Ok((uid, gid))
+            }
+        }
+    };
+    let range =
+        |v: i64, what: &str| u32::try_from(v).map_err(|_| format!("{what} {v} is out of range"));
+    let explicit_uid = ctr
+        .and_then(|c| c.run_as_user)
+        .or(pod.and_then(|p| p.run_as_user));
+    let explicit_gid = ctr
+        .and_then(|c| c.run_as_group)
+        .or(pod.and_then(|p| p.run_as_group));
+    // An explicit runAsUser makes the image's USER irrelevant, named or not.
+    let image = match explicit_uid {
+        Some(_) => parse_image().unwrap_or((0, 0)),
+        None => parse_image()?,
+    };
+    let uid = match explicit_uid {
+        Some(u) => range(u, "runAsUser")?,
+        None => image.0,
+    };
+    let gid = match explicit_gid {
+        Some(g) => range(g, "runAsGroup")?,
+        None => image.1,
+    };
+    let non_root = ctr
+        .and_then(|c| c.run_as_non_root)
+        .or(pod.and_then(|p| p.run_as_non_root))
+        .unwrap_or(false);
+    if non_root && uid == 0 {
+        return Err("container has runAsNonRoot and image will run as root".into());
+    }
+    Ok((uid, gid))
+}
+
 impl PodManager {
     pub fn open(
         cfg: PodsConfig,
@@ -486,6 +545,23 @@ impl PodManager {
             .map(|e| (e.name.clone(), e.value.clone()))
             .collect();
         let id = container_id(uid, &spec.name, run.ctrs[i].restart_count);
+        let pod_sc = pod_spec(&run.pod).and_then(|s| s.security_context);
+        let (run_uid, run_gid) = match run_as(
+            pod_sc.as_ref(),
+            spec.security_context.as_ref(),
+            &img_cfg.user,
+        ) {
+            Ok(x) => x,
+            Err(msg) => {
+                run.ctrs[i].waiting = Some(("CreateContainerConfigError".into(), msg));
+                return;
+            }
+        };
+        let readonly_rootfs = spec
+            .security_context
+            .as_ref()
+            .and_then(|c| c.read_only_root_filesystem)
+            .unwrap_or(false);
         let cfg = ContainerConfig {
             id: id.clone(),
             args: resolve_args(&img_cfg, &spec.command, &spec.args),
@@ -495,14 +571,14 @@ impl PodManager {
             } else {
                 spec.working_dir.clone()
             },
-            uid: 0,
-            gid: 0,
+            uid: run_uid,
+            gid: run_gid,
             hostname: run.pod.meta().name.chars().take(63).collect(),
             netns: Some(run.netns.clone()),
             mounts: Vec::new(),
             resources: resources(&spec),
             cgroups_path: format!("/flotilla/{uid}/{}", spec.name),
-            readonly_rootfs: false,
+            readonly_rootfs,
         };
         let c = &mut run.ctrs[i];
         // A leftover of this id (a failed earlier attempt) goes first.
@@ -624,5 +700,45 @@ fn pod_status(run: &PodRun, policy: &str) -> PodStatus {
         container_statuses: statuses,
         qos_class: String::new(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_api::pb::api::{PodSecurityContext, SecurityContext};
+
+    #[test]
+    fn run_as_follows_container_then_pod_then_image() {
+        assert_eq!(run_as(None, None, ""), Ok((0, 0)));
+        assert_eq!(run_as(None, None, "1000:2000"), Ok((1000, 2000)));
+        assert_eq!(run_as(None, None, "42"), Ok((42, 42)));
+        assert!(run_as(None, None, "nginx")
+            .unwrap_err()
+            .contains("runAsUser"));
+        let pod = PodSecurityContext {
+            run_as_user: Some(7),
+            run_as_group: Some(8),
+            ..Default::default()
+        };
+        let ctr = SecurityContext {
+            run_as_user: Some(9),
+            ..Default::default()
+        };
+        assert_eq!(run_as(Some(&pod), None, "nginx"), Ok((7, 8)));
+        assert_eq!(run_as(Some(&pod), Some(&ctr), ""), Ok((9, 8)));
+        let strict = SecurityContext {
+            run_as_non_root: Some(true),
+            ..Default::default()
+        };
+        assert!(run_as(None, Some(&strict), "")
+            .unwrap_err()
+            .contains("runAsNonRoot"));
+        assert_eq!(run_as(None, Some(&strict), "1000"), Ok((1000, 1000)));
+        let bad = SecurityContext {
+            run_as_user: Some(-1),
+            ..Default::default()
+        };
+        assert!(run_as(None, Some(&bad), "").is_err());
     }
 }

@@ -48,14 +48,27 @@ pub type AgentConnections = Arc<Mutex<HashMap<String, (usize, quinn::Connection)
 /// to, so any server can route `logs` and `exec` to it.
 pub const AGENT_SERVER_ANNOTATION: &str = "flotilla.io/agent-server";
 
-fn lease_meta(name: &str, server: &str) -> ObjectMeta {
+/// A node's Lease as renewed at `renewed_ms` through the agent session on `server`.
+fn node_lease(name: &str, server: &str, renewed_ms: i64) -> Object {
     let mut annotations = std::collections::BTreeMap::new();
     annotations.insert(AGENT_SERVER_ANNOTATION.to_string(), server.to_string());
-    ObjectMeta {
-        name: name.to_string(),
-        namespace: NODE_LEASE_NAMESPACE.into(),
-        annotations,
-        ..Default::default()
+    Object {
+        api_version: "coordination.k8s.io/v1".into(),
+        kind: "Lease".into(),
+        metadata: Some(ObjectMeta {
+            name: name.to_string(),
+            namespace: NODE_LEASE_NAMESPACE.into(),
+            annotations,
+            ..Default::default()
+        }),
+        body: Some(Body::Lease(Lease {
+            spec: Some(LeaseSpec {
+                holder_identity: Some(name.to_string()),
+                lease_duration_seconds: Some(NODE_LEASE_DURATION_S),
+                renew_time: Some(rfc3339_ms(renewed_ms)),
+                ..Default::default()
+            }),
+        })),
     }
 }
 
@@ -626,19 +639,7 @@ impl Dispatcher {
             Err(s) if flotilla_api::ApiError::from_status(&s).code() == ErrorCode::NotFound => None,
             Err(s) => return Err(api_err(s)),
         };
-        let lease = Object {
-            api_version: "coordination.k8s.io/v1".into(),
-            kind: "Lease".into(),
-            metadata: Some(lease_meta(&name, &self.node.api_addr)),
-            body: Some(Body::Lease(Lease {
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(name.clone()),
-                    lease_duration_seconds: Some(NODE_LEASE_DURATION_S),
-                    renew_time: Some(rfc3339_ms(crate::now_ms())),
-                    ..Default::default()
-                }),
-            })),
-        };
+        let lease = node_lease(&name, &self.node.api_addr, crate::now_ms());
         let mut writes = vec![Write {
             op: Some(Op::Update(lease.clone())),
         }];
@@ -729,19 +730,7 @@ async fn lease_batches(d: Arc<Dispatcher>) {
             let writes = chunk
                 .iter()
                 .map(|(name, at)| Write {
-                    op: Some(Op::Update(Object {
-                        api_version: "coordination.k8s.io/v1".into(),
-                        kind: "Lease".into(),
-                        metadata: Some(lease_meta(name, &d.node.api_addr)),
-                        body: Some(Body::Lease(Lease {
-                            spec: Some(LeaseSpec {
-                                holder_identity: Some(name.clone()),
-                                lease_duration_seconds: Some(NODE_LEASE_DURATION_S),
-                                renew_time: Some(rfc3339_ms(*at)),
-                                ..Default::default()
-                            }),
-                        })),
-                    })),
+                    op: Some(Op::Update(node_lease(name, &d.node.api_addr, *at))),
                 })
                 .collect();
             if let Err(s) = d

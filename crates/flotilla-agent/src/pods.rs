@@ -278,12 +278,7 @@ impl PodManager {
         };
         for c in list {
             let uid = c.id.split('_').next().unwrap_or_default();
-            let known = desired.contains_key(uid)
-                && self
-                    .pods
-                    .get(uid)
-                    .is_some_and(|p| p.ctrs.iter().any(|x| x.id.as_deref() == Some(&c.id)));
-            if !known && !desired.contains_key(uid) {
+            if !desired.contains_key(uid) {
                 tracing::info!(container = %c.id, "removing a container of a pod no longer here");
                 let _ = self.containers.stop(&c.id, Duration::from_secs(2)).await;
                 let _ = self.containers.remove(&c.id).await;

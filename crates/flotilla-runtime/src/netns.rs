@@ -3,7 +3,7 @@
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Result, RuntimeError};
 
@@ -54,10 +54,6 @@ pub fn remove(path: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(RuntimeError::io("remove netns file", path)(e)),
     }
-}
-
-pub fn path_for(dir: &Path, pod: &str) -> PathBuf {
-    dir.join(pod)
 }
 
 fn loopback_up() -> std::io::Result<()> {

@@ -302,9 +302,7 @@ impl LogWriter {
         for i in (1..self.max_files).rev() {
             let _ = fs::rename(name(i), name(i + 1));
         }
-        if self.max_files >= 1 {
-            let _ = fs::rename(&self.path, name(1));
-        }
+        let _ = fs::rename(&self.path, name(1));
         self.file = OpenOptions::new()
             .create(true)
             .append(true)

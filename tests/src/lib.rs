@@ -2,6 +2,8 @@
 //! data directory in a temporary folder, killed, stopped and restarted at will. Nothing here
 //! reaches beyond loopback; every wait is bounded.
 
+pub mod agent;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -12,6 +12,7 @@ pub mod nodeinfo;
 pub mod pods;
 pub mod session;
 pub mod streams;
+pub mod volumes;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -122,8 +123,15 @@ pub async fn run(
     );
     pcfg.insecure_registries = cfg.insecure_registries.clone();
     pcfg.crash_backoff_initial_ms = cfg.crash_backoff_initial_ms;
-    let manager = pods::PodManager::open(pcfg, desired.clone(), changed.clone(), status_tx)
-        .map_err(|e| AgentError::Runtime(e.to_string()))?;
+    let server = session::ServerLink::default();
+    let manager = pods::PodManager::open(
+        pcfg,
+        desired.clone(),
+        changed.clone(),
+        status_tx,
+        server.clone(),
+    )
+    .map_err(|e| AgentError::Runtime(e.to_string()))?;
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(manager.run(shutdown.clone()));
     let mut links = session::Links {
@@ -131,6 +139,7 @@ pub async fn run(
         changed,
         status_rx,
         latest: Default::default(),
+        server,
     };
     let res = session::run(&cfg, &identity, &mut links, shutdown.clone()).await;
     // Containers keep running without the agent; only the loops stop.

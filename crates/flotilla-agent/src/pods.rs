@@ -19,6 +19,9 @@ use flotilla_runtime::bundle::{merge_env, resolve_args, ContainerConfig, Resourc
 use flotilla_runtime::{netns, Containers, ImageStore, PullPolicy, RuntimeConfig};
 use tokio::sync::{mpsc, Mutex, Notify};
 
+use crate::session::ServerLink;
+use crate::volumes::{self, Fetched};
+
 /// The pods the control plane bound to this node, kept by the assignment stream.
 #[derive(Default)]
 pub struct Desired {
@@ -41,6 +44,10 @@ pub struct PodsConfig {
     pub crash_backoff_max_ms: u64,
     /// A container that ran this long resets its backoff (Kubernetes: 10 min).
     pub backoff_reset_ms: u64,
+    /// How often configMap and secret volumes are re-read (Kubernetes: about a minute).
+    pub volume_refresh_ms: u64,
+    /// Bound on one request for the ConfigMaps and Secrets a pod refers to.
+    pub objects_timeout_ms: u64,
 }
 
 impl PodsConfig {
@@ -54,6 +61,8 @@ impl PodsConfig {
             crash_backoff_initial_ms: 10_000,
             crash_backoff_max_ms: 300_000,
             backoff_reset_ms: 600_000,
+            volume_refresh_ms: 60_000,
+            objects_timeout_ms: 5_000,
         }
     }
 }
@@ -76,6 +85,11 @@ struct Ctr {
 struct PodRun {
     pod: Object,
     netns: PathBuf,
+    /// `<data>/pods/<uid>`: the pod's volumes.
+    dir: PathBuf,
+    /// Prepared before the first container starts.
+    volumes: Option<HashMap<String, volumes::Prepared>>,
+    next_volume_refresh_ms: i64,
     ctrs: Vec<Ctr>,
     start_time: String,
     last_report: Option<PodStatus>,
@@ -89,6 +103,7 @@ pub struct PodManager {
     desired: SharedDesired,
     changed: Arc<Notify>,
     status_tx: mpsc::Sender<Object>,
+    server: ServerLink,
 }
 
 fn now_ms() -> i64 {
@@ -195,6 +210,7 @@ impl PodManager {
         desired: SharedDesired,
         changed: Arc<Notify>,
         status_tx: mpsc::Sender<Object>,
+        server: ServerLink,
     ) -> Result<Self, flotilla_runtime::RuntimeError> {
         let images = ImageStore::open(
             cfg.data_dir.join("images"),
@@ -214,6 +230,7 @@ impl PodManager {
             desired,
             changed,
             status_tx,
+            server,
         })
     }
 
@@ -284,6 +301,24 @@ impl PodManager {
                 let _ = self.containers.remove(&c.id).await;
             }
         }
+        // Volumes and network namespaces of pods that went while the agent was down.
+        for sub in ["pods", "netns"] {
+            let Ok(entries) = std::fs::read_dir(self.cfg.data_dir.join(sub)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let uid = e.file_name().to_string_lossy().into_owned();
+                if desired.contains_key(&uid) || self.pods.contains_key(&uid) {
+                    continue;
+                }
+                tracing::info!(pod_uid = %uid, "removing the {sub} entry of a pod no longer here");
+                if sub == "pods" {
+                    volumes::remove_pod_dir(&e.path());
+                } else {
+                    let _ = netns::remove(&e.path());
+                }
+            }
+        }
     }
 
     /// Creates the pod's network namespace (or finds it) and adopts running containers.
@@ -330,6 +365,9 @@ impl PodManager {
         Ok(PodRun {
             pod,
             netns: ns,
+            dir: self.cfg.data_dir.join("pods").join(uid),
+            volumes: None,
+            next_volume_refresh_ms: 0,
             ctrs,
             start_time: rfc3339(now_ms()),
             last_report: None,
@@ -341,17 +379,22 @@ impl PodManager {
             .and_then(|s| s.termination_grace_period_seconds)
             .unwrap_or(30)
             .clamp(0, 3600) as u64;
-        for c in &run.ctrs {
-            if let Some(id) = &c.id {
+        // All containers get their grace period at once, as Kubernetes does.
+        let stops = run
+            .ctrs
+            .iter()
+            .filter_map(|c| c.id.as_deref())
+            .map(|id| async move {
                 if let Err(e) = self.containers.stop(id, Duration::from_secs(grace)).await {
                     tracing::warn!(container = %id, "stop: {e}");
                 }
                 if let Err(e) = self.containers.remove(id).await {
                     tracing::warn!(container = %id, "remove: {e}");
                 }
-            }
-        }
+            });
+        futures::future::join_all(stops).await;
         self.containers.remove_logs(&format!("{uid}_"));
+        volumes::remove_pod_dir(&run.dir);
         let _ = netns::remove(&run.netns);
         let _ = flotilla_runtime::cgroup::remove(&format!("/flotilla/{uid}"));
         tracing::info!(pod = %run.pod.meta().name, "pod removed from the node");
@@ -367,6 +410,7 @@ impl PodManager {
         for i in 0..run.ctrs.len() {
             self.sync_container(uid, &mut run, i, &policy).await;
         }
+        self.refresh_volumes(&mut run).await;
         let status = pod_status(&run, &policy);
         if run.last_report.as_ref() != Some(&status) {
             let report = Object {
@@ -506,6 +550,46 @@ impl PodManager {
         self.start_container(uid, run, i).await;
     }
 
+    /// The ConfigMaps and Secrets the pod refers to, from the connected server.
+    async fn referenced(&self, pod: &Object) -> Result<Fetched, String> {
+        let refs = pod_spec(pod)
+            .map(|s| flotilla_api::refs::pod_references(&pod.meta().namespace, s))
+            .unwrap_or_default();
+        if refs.is_empty() {
+            return Ok(Fetched::default());
+        }
+        let (objects, _missing) = self
+            .server
+            .get_objects(refs, self.cfg.objects_timeout_ms)
+            .await
+            .map_err(|e| format!("cannot read the ConfigMaps and Secrets the pod uses: {e}"))?;
+        Ok(Fetched::new(objects))
+    }
+
+    /// Re-reads configMap and secret volumes now and then, so updates reach running pods.
+    async fn refresh_volumes(&self, run: &mut PodRun) {
+        let has_projected = pod_spec(&run.pod).is_some_and(|s| {
+            s.volumes
+                .iter()
+                .any(|v| v.config_map.is_some() || v.secret.is_some())
+        });
+        if run.volumes.is_none() || !has_projected || now_ms() < run.next_volume_refresh_ms {
+            return;
+        }
+        run.next_volume_refresh_ms = now_ms() + self.cfg.volume_refresh_ms as i64;
+        let vols = pod_spec(&run.pod)
+            .map(|s| s.volumes.clone())
+            .unwrap_or_default();
+        match self.referenced(&run.pod).await {
+            Ok(f) => {
+                if let Err(e) = volumes::prepare(&run.dir, &vols, &f) {
+                    tracing::warn!(pod = %run.pod.meta().name, "volume refresh: {e}");
+                }
+            }
+            Err(e) => tracing::debug!(pod = %run.pod.meta().name, "volume refresh: {e}"),
+        }
+    }
+
     async fn start_container(&mut self, uid: &str, run: &mut PodRun, i: usize) {
         let spec = run.ctrs[i].spec.clone();
         let policy = match PullPolicy::parse(&spec.image_pull_policy, &spec.image) {
@@ -534,10 +618,53 @@ impl PodManager {
             }
         };
         let img_cfg = image.config.clone().unwrap_or_default();
-        let env: Vec<(String, String)> = spec
-            .env
+        let fetched = match self.referenced(&run.pod).await {
+            Ok(f) => f,
+            Err(msg) => {
+                run.ctrs[i].waiting = Some(("CreateContainerConfigError".into(), msg));
+                return;
+            }
+        };
+        if run.volumes.is_none() {
+            let vols = pod_spec(&run.pod)
+                .map(|s| s.volumes.clone())
+                .unwrap_or_default();
+            match volumes::prepare(&run.dir, &vols, &fetched) {
+                Ok(v) => {
+                    run.volumes = Some(v);
+                    run.next_volume_refresh_ms = now_ms() + self.cfg.volume_refresh_ms as i64;
+                }
+                Err(msg) => {
+                    run.ctrs[i].waiting = Some(("ContainerCreating".into(), msg));
+                    return;
+                }
+            }
+        }
+        let env = match volumes::resolve_env(&run.pod, &spec, &fetched) {
+            Ok(e) => e,
+            Err(msg) => {
+                run.ctrs[i].waiting = Some(("CreateContainerConfigError".into(), msg));
+                return;
+            }
+        };
+        let mounts = match volumes::mounts(&spec, run.volumes.as_ref().unwrap_or(&HashMap::new())) {
+            Ok(m) => m,
+            Err(msg) => {
+                run.ctrs[i].waiting = Some(("CreateContainerConfigError".into(), msg));
+                return;
+            }
+        };
+        // Kubernetes expands $(VAR) in command and args with the container's env.
+        let vars: HashMap<String, String> = env.iter().cloned().collect();
+        let command: Vec<String> = spec
+            .command
             .iter()
-            .map(|e| (e.name.clone(), e.value.clone()))
+            .map(|a| volumes::expand(a, &vars))
+            .collect();
+        let args: Vec<String> = spec
+            .args
+            .iter()
+            .map(|a| volumes::expand(a, &vars))
             .collect();
         let id = container_id(uid, &spec.name, run.ctrs[i].restart_count);
         let pod_sc = pod_spec(&run.pod).and_then(|s| s.security_context);
@@ -559,7 +686,7 @@ impl PodManager {
             .unwrap_or(false);
         let cfg = ContainerConfig {
             id: id.clone(),
-            args: resolve_args(&img_cfg, &spec.command, &spec.args),
+            args: resolve_args(&img_cfg, &command, &args),
             env: merge_env(&img_cfg.env, &env),
             cwd: if spec.working_dir.is_empty() {
                 img_cfg.working_dir.clone()
@@ -570,7 +697,7 @@ impl PodManager {
             gid: run_gid,
             hostname: run.pod.meta().name.chars().take(63).collect(),
             netns: Some(run.netns.clone()),
-            mounts: Vec::new(),
+            mounts,
             resources: resources(&spec),
             cgroups_path: format!("/flotilla/{uid}/{}", spec.name),
             readonly_rootfs,

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use flotilla_api::pb::agent::{
-    agent_request, agent_response, AgentErrorCode, AgentRequest, AgentResponse, Heartbeat,
-    PodStatusReport, RegisterRequest, WatchAssignmentsRequest,
+    agent_request, agent_response, AgentErrorCode, AgentRequest, AgentResponse, GetObjectsRequest,
+    Heartbeat, PodStatusReport, RegisterRequest, WatchAssignmentsRequest,
 };
 use flotilla_api::pb::api::{EventType, Object};
 use tokio::sync::{mpsc, Notify};
@@ -26,6 +26,58 @@ pub struct Links {
     pub status_rx: mpsc::Receiver<Object>,
     /// The latest report of every pod, re-sent on each new session.
     pub latest: BTreeMap<String, Object>,
+    pub server: ServerLink,
+}
+
+/// The connection of the current session, if there is one, for requests the pod manager makes
+/// (ConfigMaps and Secrets its pods refer to).
+#[derive(Clone, Default)]
+pub struct ServerLink(Arc<std::sync::Mutex<Option<quinn::Connection>>>);
+
+impl ServerLink {
+    fn set(&self, conn: Option<quinn::Connection>) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = conn;
+        }
+    }
+
+    /// ConfigMaps and Secrets by key from the connected server: the objects found and the keys
+    /// that do not exist there.
+    pub async fn get_objects(
+        &self,
+        keys: Vec<flotilla_api::ObjectKey>,
+        timeout_ms: u64,
+    ) -> Result<(Vec<Object>, Vec<flotilla_api::ObjectKey>), String> {
+        let conn = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|g| g.clone())
+            .ok_or("not connected to any server")?;
+        let ask = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            let req = AgentRequest {
+                kind: Some(agent_request::Kind::GetObjects(GetObjectsRequest { keys })),
+            };
+            flotilla_quic::write_frame(&mut send, &req)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = send.finish();
+            match flotilla_quic::read_frame::<AgentResponse>(&mut recv).await {
+                Ok(Some(AgentResponse {
+                    kind: Some(agent_response::Kind::Objects(o)),
+                })) => Ok((o.objects, o.missing)),
+                Ok(Some(AgentResponse {
+                    kind: Some(agent_response::Kind::Error(e)),
+                })) => Err(e.message),
+                Ok(_) => Err("the server ended the stream without an answer".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        tokio::time::timeout(Duration::from_millis(timeout_ms), ask)
+            .await
+            .map_err(|_| format!("no answer within {timeout_ms} ms"))?
+    }
 }
 
 /// How the session ended.
@@ -90,6 +142,7 @@ async fn session(
         Err(e) => return Ended::Failed(e.to_string()),
     };
     let ended = registered(cfg, addr, &conn, links, shutdown).await;
+    links.server.set(None);
     conn.close(0u32.into(), b"agent session ended");
     let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
     ended
@@ -121,6 +174,7 @@ async fn registered(
         Err(e) => return Ended::Failed(e),
     };
     tracing::info!(%addr, node = %cfg.name, heartbeat_ms = period_ms, "session established");
+    links.server.set(Some(conn.clone()));
     let desired = links.desired.clone();
     let changed = links.changed.clone();
     let heartbeats = async {

@@ -967,6 +967,42 @@ pub fn validate_pod_spec(path: &str, s: &PodSpec) -> Result<(), ApiError> {
                 ));
             }
         }
+        let projected = v
+            .config_map
+            .as_ref()
+            .map(|c| ("configMap", c.default_mode, &c.items))
+            .or(v
+                .secret
+                .as_ref()
+                .map(|s| ("secret", s.default_mode, &s.items)));
+        if let Some((src, default_mode, items)) = projected {
+            let mode_ok = |m: Option<i32>| m.is_none_or(|m| (0..=0o777).contains(&m));
+            if !mode_ok(default_mode) {
+                return Err(inv(
+                    &format!("{at}.{src}.defaultMode"),
+                    "must be a number between 0 and 0777 (octal), both inclusive",
+                ));
+            }
+            for (j, it) in items.iter().enumerate() {
+                let ip = format!("{at}.{src}.items[{j}]");
+                if !mode_ok(it.mode) {
+                    return Err(inv(
+                        &format!("{ip}.mode"),
+                        "must be a number between 0 and 0777 (octal), both inclusive",
+                    ));
+                }
+                let p = std::path::Path::new(&it.path);
+                if it.path.is_empty()
+                    || p.components()
+                        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+                {
+                    return Err(inv(
+                        &format!("{ip}.path"),
+                        "must be a relative path without '..'",
+                    ));
+                }
+            }
+        }
     }
     let mut names = HashSet::new();
     let all = s

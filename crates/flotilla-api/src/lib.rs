@@ -10,6 +10,7 @@ pub mod keys;
 pub mod kinds;
 pub mod manifest;
 pub mod quantity;
+pub mod refs;
 pub mod schema;
 pub mod selector;
 pub mod validation;

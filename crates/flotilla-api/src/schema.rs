@@ -90,6 +90,7 @@ pub fn body_from_json(kind: &str, mut fields: Value) -> Result<Body, FieldErr> {
         .ok_or_else(|| ("kind".to_string(), format!("no schema for kind {kind}")))?;
     strip_nulls(&mut fields);
     int_or_string_in(&mut fields, "");
+    octal_modes(&mut fields);
     let mut track = serde_path_to_error::Track::new();
     let de = serde_path_to_error::Deserializer::new(&fields, &mut track);
     let msg = DynamicMessage::deserialize_with_options(desc, de, &DeserializeOptions::new())
@@ -248,6 +249,31 @@ fn strip_nulls(v: &mut Value) {
     }
 }
 
+/// File modes as Kubernetes users write them (`defaultMode: 0400`): YAML 1.1 reads a leading
+/// zero as octal, the YAML 1.2 parser here reads a string; take it as YAML 1.1 does.
+fn octal_modes(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k == "defaultMode" || k == "mode" {
+                    if let Value::String(s) = x {
+                        let octal = s.len() > 1
+                            && s.starts_with('0')
+                            && s.bytes().all(|b| (b'0'..=b'7').contains(&b));
+                        if let (true, Ok(n)) = (octal, i64::from_str_radix(s, 8)) {
+                            *x = Value::from(n);
+                            continue;
+                        }
+                    }
+                }
+                octal_modes(x);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(octal_modes),
+        _ => {}
+    }
+}
+
 fn is_int_or_string(key: &str, parent: &str) -> bool {
     INT_OR_STRING.contains(&key) || (key == "port" && PORT_PARENTS.contains(&parent))
 }
@@ -354,6 +380,33 @@ mod tests {
         let (p, m) = body_from_json("Deployment", v).unwrap_err();
         assert_eq!(p, "spec.paused");
         assert!(m.contains("invalid type"), "{m}");
+    }
+
+    #[test]
+    fn file_modes_with_a_leading_zero_are_octal() {
+        let v = json!({"spec": {"containers": [{"name": "c", "image": "i"}],
+            "volumes": [{"name": "s", "secret": {"secretName": "x", "defaultMode": "0400",
+                "items": [{"key": "k", "path": "p", "mode": "0644"}]}}]}});
+        let Body::Pod(p) = body_from_json("Pod", v).unwrap() else {
+            panic!("not a pod")
+        };
+        let s = p.spec.unwrap().volumes[0].secret.clone().unwrap();
+        assert_eq!(s.default_mode, Some(0o400));
+        assert_eq!(s.items[0].mode, Some(0o644));
+        let v = json!({"spec": {"containers": [{"name": "c", "image": "i"}],
+            "volumes": [{"name": "s", "secret": {"secretName": "x", "defaultMode": "0800"}}]}});
+        let Body::Pod(p) = body_from_json("Pod", v).unwrap() else {
+            panic!("not a pod")
+        };
+        // Not octal: read as 800, which validation refuses.
+        assert_eq!(
+            p.spec.unwrap().volumes[0]
+                .secret
+                .as_ref()
+                .unwrap()
+                .default_mode,
+            Some(800)
+        );
     }
 
     #[test]

@@ -64,6 +64,8 @@ fn corpus() -> Vec<(String, &'static str)> {
         (s("  strategy: {rollingUpdate: {maxSurge: 150%}}\n"), "spec.strategy.rollingUpdate.maxSurge: a valid percent string"),
         (s("  paused: maybe\n"), "spec.paused: invalid type"),
         (deployment("", "").replace("      containers:\n", "      restartPolicy: Sometimes\n      containers:\n"), "spec.template.spec.restartPolicy: unsupported value \"Sometimes\""),
+        (format!("{POD}  volumes: [{{name: s, secret: {{secretName: x, defaultMode: 0800}}}}]\n"), "spec.volumes[0].secret.defaultMode: must be a number between 0 and 0777 (octal)"),
+        (format!("{POD}  volumes: [{{name: c, configMap: {{name: x, items: [{{key: k, path: ../k}}]}}}}]\n"), "spec.volumes[0].configMap.items[0].path: must be a relative path without '..'"),
         ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}, {port: 81}]}\n".into(), "spec.ports[0].name: required when a service has more than one port"),
         ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80, targetPort: 0}]}\n".into(), "spec.ports[0].targetPort: must be between 1 and 65535"),
         ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {type: Magic, ports: [{port: 80}]}\n".into(), "spec.type: unsupported value \"Magic\""),

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use flotilla_api::pb::agent::{
     agent_request, agent_response, AgentError, AgentErrorCode, AgentRequest, AgentResponse,
-    Assignments, GetCaResponse, JoinResponse, PodStatusReport, RegisterRequest, SessionResponse,
-    StatusAck,
+    Assignments, GetCaResponse, GetObjectsRequest, JoinResponse, Objects, PodStatusReport,
+    RegisterRequest, SessionResponse, StatusAck,
 };
 use flotilla_api::pb::api::object::Body;
 use flotilla_api::pb::api::object_service_server::ObjectService;
@@ -40,6 +40,8 @@ const NODE_LEASE_DURATION_S: i32 = 40;
 const ASSIGNMENT_CHUNK_PODS: usize = 200;
 /// Time to wait for the first frame of a stream.
 const FIRST_FRAME_MS: u64 = 10_000;
+/// Keys in one GetObjects request.
+const MAX_OBJECT_KEYS: usize = 256;
 
 /// Live agent connections on this server: node name → (connection id, connection).
 pub type AgentConnections = Arc<Mutex<HashMap<String, (usize, quinn::Connection)>>>;
@@ -215,6 +217,7 @@ impl Dispatcher {
             Some(agent_request::Kind::PodStatus(first)) => {
                 return self.status(peer, first, send, recv).await;
             }
+            Some(agent_request::Kind::GetObjects(g)) => self.objects(peer.as_deref(), g),
             _ => Err(err(
                 AgentErrorCode::Invalid,
                 "the first frame must be get_ca, join or register",
@@ -351,6 +354,75 @@ impl Dispatcher {
                     "this stream needs a node's client certificate",
                 )
             })
+    }
+
+    /// The ConfigMaps and Secrets the peer asks for, from this server's state; each must be
+    /// referenced by a pod bound to the peer's node.
+    fn objects(&self, peer: Option<&str>, req: GetObjectsRequest) -> Reply {
+        let name = Self::node_of(peer)?;
+        if req.keys.len() > MAX_OBJECT_KEYS {
+            return Err(err(
+                AgentErrorCode::Invalid,
+                format!(
+                    "{} keys asked for; at most {MAX_OBJECT_KEYS} per request",
+                    req.keys.len()
+                ),
+            ));
+        }
+        let unavailable = |e: std::io::Error| err(AgentErrorCode::Unavailable, e.to_string());
+        let selector = Selector::default()
+            .with_fields(&format!("spec.nodeName={name}"))
+            .map_err(|e| err(AgentErrorCode::Invalid, e.to_string()))?;
+        let mut allowed = std::collections::BTreeSet::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .node
+                .reader
+                .list(
+                    "Pod",
+                    "",
+                    &selector,
+                    self.node.limits.max_list_page.max(1),
+                    after.as_deref(),
+                )
+                .map_err(|e| err(AgentErrorCode::Unavailable, e.to_string()))?;
+            for p in &page.items {
+                if let Some(Body::Pod(pod)) = &p.body {
+                    if let Some(spec) = &pod.spec {
+                        for k in flotilla_api::refs::pod_references(&p.meta().namespace, spec) {
+                            allowed.insert((k.kind, k.namespace, k.name));
+                        }
+                    }
+                }
+            }
+            match page.next_key {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        let mut out = Objects {
+            revision: self.node.reader.revision(),
+            ..Default::default()
+        };
+        for k in req.keys {
+            if !allowed.contains(&(k.kind.clone(), k.namespace.clone(), k.name.clone())) {
+                return Err(err(
+                    AgentErrorCode::Unauthenticated,
+                    format!(
+                        "node {name} may not read {} {}/{}: no pod bound to it refers to it",
+                        k.kind, k.namespace, k.name
+                    ),
+                ));
+            }
+            match self.node.reader.get(&k).map_err(unavailable)?.0 {
+                Some(o) => out.objects.push(o),
+                None => out.missing.push(k),
+            }
+        }
+        Ok(AgentResponse {
+            kind: Some(agent_response::Kind::Objects(out)),
+        })
     }
 
     /// The pods bound to the peer's node: the full set at a revision (when asked from 0), then

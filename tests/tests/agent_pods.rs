@@ -8,13 +8,14 @@
 //! over its memory limit is OOMKilled. SIGKILL of the agent: on restart it adopts the running
 //! containers (none duplicated, restartCount unchanged). SIGKILL of the server it is connected
 //! to: it continues on another server and misses no assignment made meanwhile. `logs` (also
-//! `--previous`) and `exec` reach the container through any server. Deleting a pod
-//! leaves no container, mount, network namespace or cgroup behind.
+//! `--previous`) and `exec` reach the container through any server. Deleting a pod is
+//! graceful (Terminating until its node has stopped it) and leaves no container, mount,
+//! network namespace or cgroup behind.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flotilla_tests::agent::{main_state, pod_manifest, run, running, wait_for, Agent};
+use flotilla_tests::agent::{main_state, pod_manifest, run, running, status, wait_for, Agent};
 use flotilla_tests::{cli, node_tests_possible, Cluster, Opts, Registry};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,10 +253,34 @@ async fn pods_run_restart_report_and_survive_agent_and_server_kills() {
         }
     }
 
-    // Delete: containers, mounts, netns and cgroup of the pod are gone.
-    let (ok, _, err) = cli(&["--server", &others, "delete", "pod", "hello"], None);
+    // Delete: graceful (the pod shows Terminating while its node stops it, then is removed on
+    // the node's word); containers, mounts, netns and cgroup of the pod are gone.
+    let (ok, out, err) = cli(
+        &[
+            "--server",
+            &others,
+            "delete",
+            "pod",
+            "hello",
+            "--grace-period",
+            "3",
+            "--wait=false",
+        ],
+        None,
+    );
     assert!(ok, "{err}");
+    assert_eq!(out, "pod \"hello\" deleted\n");
+    let (ok, out, err) = cli(&["--server", &others, "get", "pod", "hello"], None);
+    assert!(ok && out.contains("Terminating"), "{out}{err}");
     let deadline = Instant::now() + Duration::from_secs(60);
+    while status(&mut c, "hello").await.is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the deleted pod was never removed\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     loop {
         let left: Vec<String> = agent
             .runc_ids()

@@ -10,6 +10,7 @@
 pub mod join;
 pub mod nodeinfo;
 pub mod pods;
+pub mod probe;
 pub mod session;
 pub mod streams;
 pub mod volumes;

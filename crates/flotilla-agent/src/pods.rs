@@ -102,9 +102,24 @@ pub struct PodManager {
     pods: HashMap<String, PodRun>,
     desired: SharedDesired,
     changed: Arc<Notify>,
-    status_tx: mpsc::Sender<Object>,
+    status_tx: mpsc::Sender<Report>,
     server: ServerLink,
+    /// Pods whose containers are being stopped.
+    terminating: HashMap<String, tokio::task::JoinHandle<()>>,
+    /// Pods marked for deletion and stopped here, with when the server was last told so.
+    stopped: HashMap<String, Option<i64>>,
 }
+
+/// What the pod manager tells the session to send.
+pub enum Report {
+    /// A pod's new status.
+    Status(Object),
+    /// A pod marked for deletion is stopped and cleaned up: the server may remove it.
+    Finished(Object),
+}
+
+/// How often a stopped pod is reported again while the server still has it.
+const FINISHED_RESEND_MS: i64 = 5_000;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -209,7 +224,7 @@ impl PodManager {
         cfg: PodsConfig,
         desired: SharedDesired,
         changed: Arc<Notify>,
-        status_tx: mpsc::Sender<Object>,
+        status_tx: mpsc::Sender<Report>,
         server: ServerLink,
     ) -> Result<Self, flotilla_runtime::RuntimeError> {
         let images = ImageStore::open(
@@ -231,6 +246,8 @@ impl PodManager {
             changed,
             status_tx,
             server,
+            terminating: HashMap::new(),
+            stopped: HashMap::new(),
         })
     }
 
@@ -253,6 +270,17 @@ impl PodManager {
         if !synced {
             return;
         }
+        let done: Vec<String> = self
+            .terminating
+            .iter()
+            .filter(|(_, h)| h.is_finished())
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in done {
+            self.terminating.remove(&uid);
+            self.stopped.insert(uid, None);
+        }
+        self.stopped.retain(|uid, _| desired.contains_key(uid));
         let gone: Vec<String> = self
             .pods
             .keys()
@@ -261,15 +289,13 @@ impl PodManager {
             .collect();
         for uid in gone {
             if let Some(run) = self.pods.remove(&uid) {
-                self.teardown(&uid, run).await;
+                self.spawn_teardown(&uid, run);
             }
         }
         self.remove_orphans(&desired).await;
         for (uid, pod) in desired {
             if pod.meta().deletion_timestamp_ms.is_some() {
-                if let Some(run) = self.pods.remove(&uid) {
-                    self.teardown(&uid, run).await;
-                }
+                self.terminate(&uid, &pod).await;
                 continue;
             }
             if !self.pods.contains_key(&uid) {
@@ -295,7 +321,7 @@ impl PodManager {
         };
         for c in list {
             let uid = c.id.split('_').next().unwrap_or_default();
-            if !desired.contains_key(uid) {
+            if !desired.contains_key(uid) && !self.terminating.contains_key(uid) {
                 tracing::info!(container = %c.id, "removing a container of a pod no longer here");
                 let _ = self.containers.stop(&c.id, Duration::from_secs(2)).await;
                 let _ = self.containers.remove(&c.id).await;
@@ -308,7 +334,10 @@ impl PodManager {
             };
             for e in entries.flatten() {
                 let uid = e.file_name().to_string_lossy().into_owned();
-                if desired.contains_key(&uid) || self.pods.contains_key(&uid) {
+                if desired.contains_key(&uid)
+                    || self.pods.contains_key(&uid)
+                    || self.terminating.contains_key(&uid)
+                {
                     continue;
                 }
                 tracing::info!(pod_uid = %uid, "removing the {sub} entry of a pod no longer here");
@@ -374,30 +403,84 @@ impl PodManager {
         })
     }
 
-    async fn teardown(&self, uid: &str, run: PodRun) {
-        let grace = pod_spec(&run.pod)
-            .and_then(|s| s.termination_grace_period_seconds)
+    /// Stops the pod's containers in a task of its own (a grace period must not hold up the
+    /// other pods) and removes everything the pod had on the node.
+    fn spawn_teardown(&mut self, uid: &str, run: PodRun) {
+        // The grace period of the deletion, else the pod's.
+        let grace = run
+            .pod
+            .meta()
+            .deletion_grace_period_seconds
+            .or(pod_spec(&run.pod).and_then(|s| s.termination_grace_period_seconds))
             .unwrap_or(30)
             .clamp(0, 3600) as u64;
-        // All containers get their grace period at once, as Kubernetes does.
-        let stops = run
-            .ctrs
-            .iter()
-            .filter_map(|c| c.id.as_deref())
-            .map(|id| async move {
-                if let Err(e) = self.containers.stop(id, Duration::from_secs(grace)).await {
-                    tracing::warn!(container = %id, "stop: {e}");
-                }
-                if let Err(e) = self.containers.remove(id).await {
-                    tracing::warn!(container = %id, "remove: {e}");
+        let containers = self.containers.clone();
+        let changed = self.changed.clone();
+        let uid_owned = uid.to_string();
+        let task = async move {
+            let uid = uid_owned;
+            // All containers get their grace period at once, as Kubernetes does.
+            let stops = run.ctrs.iter().filter_map(|c| c.id.as_deref()).map(|id| {
+                let containers = &containers;
+                async move {
+                    if let Err(e) = containers.stop(id, Duration::from_secs(grace)).await {
+                        tracing::warn!(container = %id, "stop: {e}");
+                    }
+                    if let Err(e) = containers.remove(id).await {
+                        tracing::warn!(container = %id, "remove: {e}");
+                    }
                 }
             });
-        futures::future::join_all(stops).await;
-        self.containers.remove_logs(&format!("{uid}_"));
-        volumes::remove_pod_dir(&run.dir);
-        let _ = netns::remove(&run.netns);
-        let _ = flotilla_runtime::cgroup::remove(&format!("/flotilla/{uid}"));
-        tracing::info!(pod = %run.pod.meta().name, "pod removed from the node");
+            futures::future::join_all(stops).await;
+            containers.remove_logs(&format!("{uid}_"));
+            volumes::remove_pod_dir(&run.dir);
+            let _ = netns::remove(&run.netns);
+            let _ = flotilla_runtime::cgroup::remove(&format!("/flotilla/{uid}"));
+            tracing::info!(pod = %run.pod.meta().name, "pod removed from the node");
+            changed.notify_one();
+        };
+        self.terminating.insert(uid.to_string(), tokio::spawn(task));
+    }
+
+    /// A pod marked for deletion: stop it here, then tell the server it may remove it.
+    async fn terminate(&mut self, uid: &str, pod: &Object) {
+        if self.terminating.contains_key(uid) {
+            return;
+        }
+        if let Some(mut run) = self.pods.remove(uid) {
+            run.pod = pod.clone();
+            self.spawn_teardown(uid, run);
+            return;
+        }
+        if !self.stopped.contains_key(uid) {
+            // Not known here, as after an agent restart: adopt what is left, then tear it down.
+            match self.setup(uid, pod.clone()).await {
+                Ok(run) => self.spawn_teardown(uid, run),
+                Err(e) => tracing::warn!(pod = %pod.meta().name, "cannot clean up: {e}"),
+            }
+            return;
+        }
+        let now = now_ms();
+        let due = self
+            .stopped
+            .get(uid)
+            .is_some_and(|sent| sent.is_none_or(|t| now >= t + FINISHED_RESEND_MS));
+        if due {
+            let report = Object {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                metadata: Some(ObjectMeta {
+                    name: pod.meta().name.clone(),
+                    namespace: pod.meta().namespace.clone(),
+                    uid: uid.to_string(),
+                    ..Default::default()
+                }),
+                body: None,
+            };
+            if self.status_tx.try_send(Report::Finished(report)).is_ok() {
+                self.stopped.insert(uid.to_string(), Some(now));
+            }
+        }
     }
 
     async fn sync_pod(&mut self, uid: &str) {
@@ -427,7 +510,7 @@ impl PodManager {
                     status: Some(status.clone()),
                 })),
             };
-            if self.status_tx.try_send(report).is_ok() {
+            if self.status_tx.try_send(Report::Status(report)).is_ok() {
                 run.last_report = Some(status);
             }
         }

@@ -23,7 +23,7 @@ use crate::{backoff_ms, nodeinfo, AgentConfig, AgentError};
 pub struct Links {
     pub desired: SharedDesired,
     pub changed: Arc<Notify>,
-    pub status_rx: mpsc::Receiver<Object>,
+    pub status_rx: mpsc::Receiver<crate::pods::Report>,
     /// The latest report of every pod, re-sent on each new session.
     pub latest: BTreeMap<String, Object>,
     pub server: ServerLink,
@@ -317,18 +317,19 @@ async fn assignments(
 /// start of every session so nothing reported while disconnected is lost.
 async fn statuses(
     conn: &quinn::Connection,
-    rx: &mut mpsc::Receiver<Object>,
+    rx: &mut mpsc::Receiver<crate::pods::Report>,
     latest: &mut BTreeMap<String, Object>,
     desired: &SharedDesired,
 ) -> String {
+    use crate::pods::Report;
     let (mut send, mut recv) = match conn.open_bi().await {
         Ok(s) => s,
         Err(e) => return e.to_string(),
     };
-    let mut pending: Vec<Object> = {
+    let mut pending: Vec<Report> = {
         let d = desired.lock().await;
         latest.retain(|uid, _| d.pods.contains_key(uid));
-        latest.values().cloned().collect()
+        latest.values().cloned().map(Report::Status).collect()
     };
     loop {
         if pending.is_empty() {
@@ -341,13 +342,24 @@ async fn statuses(
             pending.push(o);
         }
         let mut by_uid: BTreeMap<String, Object> = BTreeMap::new();
-        for o in pending.drain(..) {
-            latest.insert(o.meta().uid.clone(), o.clone());
-            by_uid.insert(o.meta().uid.clone(), o);
+        let mut finished: BTreeMap<String, Object> = BTreeMap::new();
+        for r in pending.drain(..) {
+            match r {
+                Report::Status(o) => {
+                    latest.insert(o.meta().uid.clone(), o.clone());
+                    by_uid.insert(o.meta().uid.clone(), o);
+                }
+                Report::Finished(o) => {
+                    latest.remove(&o.meta().uid);
+                    by_uid.remove(&o.meta().uid);
+                    finished.insert(o.meta().uid.clone(), o);
+                }
+            }
         }
         let req = AgentRequest {
             kind: Some(agent_request::Kind::PodStatus(PodStatusReport {
                 pods: by_uid.into_values().collect(),
+                finished: finished.into_values().collect(),
             })),
         };
         if let Err(e) = flotilla_quic::write_frame(&mut send, &req).await {

@@ -183,6 +183,7 @@ fn meta_from_value(v: &Value) -> Result<ObjectMeta, FieldErr> {
             "generation",
             "creationTimestamp",
             "deletionTimestamp",
+            "deletionGracePeriodSeconds",
             "ownerReferences",
             "finalizers",
         ],
@@ -301,6 +302,9 @@ pub fn object_to_value(obj: &Object) -> Value {
     );
     if let Some(d) = m.deletion_timestamp_ms {
         meta.insert("deletionTimestamp".into(), json!(format_timestamp_ms(d)));
+    }
+    if let Some(g) = m.deletion_grace_period_seconds {
+        meta.insert("deletionGracePeriodSeconds".into(), json!(g));
     }
     if !m.labels.is_empty() {
         meta.insert("labels".into(), json!(m.labels));

@@ -58,6 +58,7 @@ pub struct ContainerStatus {
     pub oom_killed: bool,
 }
 
+#[derive(Clone)]
 pub struct Containers {
     cfg: RuntimeConfig,
     runtime: OciRuntime,

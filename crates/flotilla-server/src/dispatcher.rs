@@ -628,6 +628,32 @@ impl Dispatcher {
                 op: Some(Op::UpdateStatus(pod)),
             });
         }
+        // Pods the node has stopped after their deletion began: removed now (the same pod
+        // only, and only one marked for deletion and bound to this node).
+        for pod in report.finished {
+            let key = pod.key();
+            let Some(stored) = self.node.reader.get(&key).ok().and_then(|(o, _)| o) else {
+                continue;
+            };
+            let bound = match &stored.body {
+                Some(Body::Pod(p)) => p.spec.as_ref().is_some_and(|s| s.node_name == node),
+                _ => false,
+            };
+            if !bound
+                || stored.meta().uid != pod.meta().uid
+                || stored.meta().deletion_timestamp_ms.is_none()
+            {
+                continue;
+            }
+            writes.push(Write {
+                op: Some(Op::Delete(flotilla_api::pb::api::DeleteRequest {
+                    key: Some(key),
+                    expected_resource_version: None,
+                    expected_uid: Some(stored.meta().uid.clone()),
+                    grace_period_seconds: Some(0),
+                })),
+            });
+        }
         let mut written = 0u32;
         for chunk in writes.chunks(self.node.limits.max_batch_writes.max(1)) {
             let r = self

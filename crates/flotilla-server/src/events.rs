@@ -33,6 +33,7 @@ pub fn expired(events: &[Object], now_ms: i64, ttl_ms: u64) -> Vec<Write> {
                 key: Some(o.key()),
                 expected_resource_version: Some(o.meta().resource_version),
                 expected_uid: None,
+                grace_period_seconds: None,
             })),
         })
         .collect()

@@ -137,6 +137,7 @@ fn create<T: ObjectTable>(
     m.generation = 1;
     m.creation_timestamp_ms = now_ms;
     m.deletion_timestamp_ms = None;
+    m.deletion_grace_period_seconds = None;
     table.put(&k, &o)?;
     event(events, EventType::Added, &o, revision);
     Ok(Ok(o))
@@ -188,12 +189,19 @@ fn update<T: ObjectTable>(
     m.uid = sm.uid.clone();
     m.creation_timestamp_ms = sm.creation_timestamp_ms;
     m.deletion_timestamp_ms = sm.deletion_timestamp_ms;
+    m.deletion_grace_period_seconds = sm.deletion_grace_period_seconds;
     m.generation = sm.generation + i64::from(body_changed);
     m.resource_version = revision;
     let contents_remain =
         o.kind == NAMESPACE_KIND && !namespace_contents(table, &o.meta().name, 1)?.is_empty();
     let m = o.meta();
-    if m.deletion_timestamp_ms.is_some() && m.finalizers.is_empty() && !contents_remain {
+    // A pod still inside its grace period waits for its node, finalizers or not.
+    let grace_pending = m.deletion_grace_period_seconds.unwrap_or(0) > 0;
+    if m.deletion_timestamp_ms.is_some()
+        && m.finalizers.is_empty()
+        && !contents_remain
+        && !grace_pending
+    {
         // The last finalizer is gone from an object marked for deletion: it goes now (a
         // namespace only once it is empty too).
         table.remove(&k)?;
@@ -308,7 +316,52 @@ fn delete<T: ObjectTable>(
     if o.kind == "Namespace" {
         return delete_namespace(table, revision, now_ms, &k, o, events).map(Ok);
     }
+    if let Some(grace) = pod_grace(&o, req.grace_period_seconds) {
+        return mark_terminating(table, revision, now_ms, &k, o, grace, events).map(Ok);
+    }
     remove_or_mark(table, revision, now_ms, &k, o, events).map(Ok)
+}
+
+/// The grace period a pod's deletion gets, or None to delete it at once: as Kubernetes, only
+/// a pod bound to a node and not finished waits for that node to stop it.
+fn pod_grace(o: &Object, requested: Option<i64>) -> Option<i64> {
+    let Some(flotilla_api::pb::api::object::Body::Pod(p)) = &o.body else {
+        return None;
+    };
+    let spec = p.spec.as_ref()?;
+    let phase = p.status.as_ref().map(|s| s.phase.as_str()).unwrap_or("");
+    if spec.node_name.is_empty() || phase == "Succeeded" || phase == "Failed" {
+        return None;
+    }
+    let grace = requested
+        .or(spec.termination_grace_period_seconds)
+        .unwrap_or(30);
+    (grace > 0).then_some(grace)
+}
+
+/// Marks a pod terminating: `deletionTimestamp` = now + grace. A later delete may only
+/// shorten the grace period, as in Kubernetes.
+fn mark_terminating<T: ObjectTable>(
+    table: &mut T,
+    revision: u64,
+    now_ms: i64,
+    k: &str,
+    mut o: Object,
+    grace: i64,
+    events: &mut Vec<WatchEvent>,
+) -> Result<Object, T::Error> {
+    let m = o.meta_mut();
+    if m.deletion_grace_period_seconds
+        .is_some_and(|current| current <= grace)
+    {
+        return Ok(o);
+    }
+    m.deletion_grace_period_seconds = Some(grace);
+    m.deletion_timestamp_ms = Some(now_ms.saturating_add(grace.saturating_mul(1000)));
+    m.resource_version = revision;
+    table.put(k, &o)?;
+    event(events, EventType::Modified, &o, revision);
+    Ok(o)
 }
 
 /// Remove `o` (stored at `k`) now, or only mark it for deletion while finalizers remain. The
@@ -323,8 +376,12 @@ fn remove_or_mark<T: ObjectTable>(
 ) -> Result<Object, T::Error> {
     let m = o.meta_mut();
     if !m.finalizers.is_empty() {
-        if m.deletion_timestamp_ms.is_some() {
+        if m.deletion_timestamp_ms.is_some() && m.deletion_grace_period_seconds.unwrap_or(0) == 0 {
             return Ok(o);
+        }
+        // Marked now, or a terminating pod whose grace ends now: finalizers decide from here.
+        if m.deletion_grace_period_seconds.is_some() {
+            m.deletion_grace_period_seconds = Some(0);
         }
         m.deletion_timestamp_ms = Some(now_ms);
         m.resource_version = revision;
@@ -619,6 +676,7 @@ mod tests {
                 key: Some(key(name)),
                 expected_resource_version: rv,
                 expected_uid: None,
+                grace_period_seconds: None,
             })
         };
         let r = apply_command(&mut t, 2, &cmd(vec![del("a", Some(7)), del("nope", None)])).unwrap();
@@ -644,6 +702,105 @@ mod tests {
             t.keys().cloned().collect::<Vec<_>>(),
             vec![namespace_key("default")]
         );
+    }
+
+    #[test]
+    fn pods_on_a_node_are_deleted_gracefully() {
+        use flotilla_api::pb::api::{Pod, PodSpec, PodStatus};
+        let pod = |name: &str, node: &str, phase: &str| {
+            let mut o = cm(name, &[]);
+            o.kind = "Pod".into();
+            o.body = Some(Body::Pod(Pod {
+                spec: Some(PodSpec {
+                    node_name: node.into(),
+                    termination_grace_period_seconds: Some(30),
+                    containers: vec![flotilla_api::pb::api::Container {
+                        name: "c".into(),
+                        image: "busybox:1".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                status: Some(PodStatus {
+                    phase: phase.into(),
+                    ..Default::default()
+                }),
+            }));
+            o
+        };
+        let pkey = |name: &str| ObjectKey {
+            kind: "Pod".into(),
+            namespace: "default".into(),
+            name: name.into(),
+        };
+        let del = |name: &str, grace: Option<i64>| {
+            Op::Delete(DeleteRequest {
+                key: Some(pkey(name)),
+                expected_resource_version: None,
+                expected_uid: None,
+                grace_period_seconds: grace,
+            })
+        };
+        let mut t = BTreeMap::new();
+        let mut create = vec![
+            Op::Create(pod("bound", "n1", "")),
+            Op::Create(pod("unbound", "", "")),
+        ];
+        create.push(Op::Create(pod("other", "n1", "")));
+        apply_command(&mut t, 1, &cmd(create)).unwrap();
+        // Status is written through the status subresource; a finished pod goes at once.
+        let mut done = pod("done", "n1", "Succeeded");
+        let r = apply_command(&mut t, 2, &cmd(vec![Op::Create(done.clone())])).unwrap();
+        ok(&r.results[0]);
+        done.meta_mut().uid = t
+            .get(&keys::object_key(&pkey("done")))
+            .unwrap()
+            .meta()
+            .uid
+            .clone();
+        apply_command(&mut t, 3, &cmd(vec![Op::UpdateStatus(done)])).unwrap();
+
+        let r = apply_command(
+            &mut t,
+            4,
+            &cmd(vec![
+                del("bound", None),
+                del("unbound", None),
+                del("done", None),
+            ]),
+        )
+        .unwrap();
+        let marked = ok(&r.results[0]).meta().clone();
+        assert_eq!(marked.deletion_grace_period_seconds, Some(30));
+        assert_eq!(marked.deletion_timestamp_ms, Some(1000 + 30_000));
+        assert!(t.contains_key(&keys::object_key(&pkey("bound"))));
+        assert!(!t.contains_key(&keys::object_key(&pkey("unbound"))));
+        assert!(!t.contains_key(&keys::object_key(&pkey("done"))));
+
+        // Status writes and updates while terminating keep it; a longer grace is ignored; a
+        // shorter one applies; grace 0 (the node's confirmation, or --force) removes it.
+        let r = apply_command(&mut t, 5, &cmd(vec![del("bound", Some(60))])).unwrap();
+        assert!(r.events.is_empty());
+        let mut labelled = t.get(&keys::object_key(&pkey("bound"))).unwrap().clone();
+        labelled.meta_mut().labels.insert("x".into(), "y".into());
+        apply_command(&mut t, 6, &cmd(vec![Op::Update(labelled)])).unwrap();
+        assert!(t.contains_key(&keys::object_key(&pkey("bound"))));
+        let r = apply_command(&mut t, 7, &cmd(vec![del("bound", Some(5))])).unwrap();
+        assert_eq!(
+            ok(&r.results[0]).meta().deletion_grace_period_seconds,
+            Some(5)
+        );
+        let r = apply_command(
+            &mut t,
+            8,
+            &cmd(vec![del("bound", Some(0)), del("other", Some(0))]),
+        )
+        .unwrap();
+        assert_eq!(r.events.len(), 2);
+        assert!(r
+            .events
+            .iter()
+            .all(|e| e.r#type == EventType::Deleted as i32));
     }
 
     #[test]

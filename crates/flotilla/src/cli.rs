@@ -119,6 +119,16 @@ pub struct DeleteArgs {
     /// How long --wait waits, in seconds.
     #[arg(long = "wait-timeout-secs", default_value_t = 300)]
     wait_timeout_secs: u64,
+    /// Seconds a pod's node has to stop it; -1 uses the pod's terminationGracePeriodSeconds,
+    /// 0 (only with --force) removes the object at once.
+    #[arg(long = "grace-period", default_value_t = -1, allow_negative_numbers = true)]
+    grace_period: i64,
+    /// Remove the objects at once, without waiting for their nodes to stop them.
+    #[arg(long)]
+    force: bool,
+    /// Give pods a grace period of 1 second (as --grace-period=1).
+    #[arg(long)]
+    now: bool,
 }
 
 #[derive(Args)]
@@ -440,6 +450,22 @@ pub async fn get(conn: &Conn, a: GetArgs) -> anyhow::Result<()> {
 }
 
 pub async fn delete(conn: &Conn, a: DeleteArgs) -> anyhow::Result<()> {
+    let grace = match (a.grace_period, a.force, a.now) {
+        (_, true, true) => bail!("--now and --force are mutually exclusive"),
+        (0, false, _) => {
+            bail!(
+                "--grace-period=0 removes objects before their node has stopped them: add --force"
+            )
+        }
+        (g, true, _) if g > 0 => Some(g),
+        (_, true, _) => {
+            eprintln!("Warning: Immediate deletion does not wait for confirmation that the running resource has been terminated. The resource may continue to run on the node indefinitely.");
+            Some(0)
+        }
+        (_, false, true) => Some(1),
+        (g, false, false) if g > 0 => Some(g),
+        _ => None,
+    };
     let mut c = conn.client().await?;
     let mut keys = Vec::new();
     if !a.files.is_empty() {
@@ -481,10 +507,18 @@ pub async fn delete(conn: &Conn, a: DeleteArgs) -> anyhow::Result<()> {
                 key: Some(key),
                 expected_resource_version: None,
                 expected_uid: None,
+                grace_period_seconds: grace,
             })
             .await?;
         let what = output::name_of(&o);
-        if o.meta().deletion_timestamp_ms.is_some() && !o.meta().finalizers.is_empty() {
+        if o.meta().deletion_grace_period_seconds.unwrap_or(0) > 0 {
+            // A pod its node is stopping: gone once the node has stopped it (as kubectl).
+            let (resource, name) = what.split_once('/').unwrap_or((&what, ""));
+            println!("{resource} \"{name}\" deleted");
+            if a.wait {
+                wait_gone(&mut c, &o, Duration::from_secs(a.wait_timeout_secs)).await?;
+            }
+        } else if o.meta().deletion_timestamp_ms.is_some() && !o.meta().finalizers.is_empty() {
             println!(
                 "{what} marked for deletion (waiting on finalizers: {})",
                 o.meta().finalizers.join(", ")
@@ -532,10 +566,14 @@ async fn wait_gone(
     };
     tokio::time::timeout(limit, wait).await.map_err(|_| {
         anyhow!(
-            "timed out after {} s waiting for {} to be deleted (finalizers: {})",
+            "timed out after {} s waiting for {} to be deleted ({})",
             limit.as_secs(),
             output::name_of(o),
-            m.finalizers.join(", ")
+            if m.finalizers.is_empty() {
+                "its node has not confirmed that it stopped".to_string()
+            } else {
+                format!("finalizers: {}", m.finalizers.join(", "))
+            }
         )
     })?
 }

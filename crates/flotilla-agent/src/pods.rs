@@ -4,7 +4,7 @@
 //! are named `<pod uid>_<container>_<restart count>`, so an agent that restarts finds the
 //! containers it already runs (re-adoption) instead of starting them twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +19,7 @@ use flotilla_runtime::bundle::{merge_env, resolve_args, ContainerConfig, Resourc
 use flotilla_runtime::{netns, Containers, ImageStore, PullPolicy, RuntimeConfig};
 use tokio::sync::{mpsc, Mutex, Notify};
 
+use crate::probe::{self, ContainerProbes, ProbeAction, ProbeKind};
 use crate::session::ServerLink;
 use crate::volumes::{self, Fetched};
 
@@ -80,7 +81,49 @@ struct Ctr {
     last_terminated: Option<ContainerStateTerminated>,
     not_before_ms: i64,
     crashes: u32,
+    /// The probes of the running instance, if the container has any.
+    probes: Option<ContainerProbes>,
+    /// Probes of this instance in flight.
+    probing: HashSet<ProbeKind>,
+    /// A failed liveness or startup probe had the instance stopped.
+    killed_by_probe: bool,
 }
+
+impl Ctr {
+    /// The instance is running (again) since `started_ms`: its probes start over.
+    fn probes_start(&mut self, started_ms: i64) {
+        let p = ContainerProbes::for_container(&self.spec, started_ms);
+        self.probes = (!p.is_empty()).then_some(p);
+        self.probing.clear();
+        self.killed_by_probe = false;
+    }
+
+    fn probes_stop(&mut self) {
+        self.probes = None;
+        self.probing.clear();
+    }
+
+    /// Ready as Kubernetes means it: running, started, and its readiness probe passing.
+    fn ready(&self) -> bool {
+        self.id.is_some()
+            && self.waiting.is_none()
+            && self.terminated.is_none()
+            && self.probes.as_ref().is_none_or(|p| p.ready())
+    }
+}
+
+/// One probe attempt's outcome, sent back to the sync loop by the task that ran it.
+struct ProbeResult {
+    uid: String,
+    container_id: String,
+    kind: ProbeKind,
+    outcome: Result<(), String>,
+}
+
+/// Probe results waiting for the sync loop.
+const PROBE_QUEUE: usize = 1024;
+/// Bytes of an exec probe's output kept for its failure message.
+const PROBE_OUTPUT_BYTES: usize = 512;
 
 struct PodRun {
     pod: Object,
@@ -108,6 +151,8 @@ pub struct PodManager {
     terminating: HashMap<String, tokio::task::JoinHandle<()>>,
     /// Pods marked for deletion and stopped here, with when the server was last told so.
     stopped: HashMap<String, Option<i64>>,
+    probe_tx: mpsc::Sender<ProbeResult>,
+    probe_rx: mpsc::Receiver<ProbeResult>,
 }
 
 /// What the pod manager tells the session to send.
@@ -237,6 +282,7 @@ impl PodManager {
         let mut rc = RuntimeConfig::new(cfg.data_dir.join("runtime"), cfg.shim_program.clone());
         rc.runtime_binary = cfg.runtime.clone();
         let containers = Containers::open(rc)?;
+        let (probe_tx, probe_rx) = mpsc::channel(PROBE_QUEUE);
         Ok(PodManager {
             cfg,
             images,
@@ -248,6 +294,8 @@ impl PodManager {
             server,
             terminating: HashMap::new(),
             stopped: HashMap::new(),
+            probe_tx,
+            probe_rx,
         })
     }
 
@@ -270,6 +318,7 @@ impl PodManager {
         if !synced {
             return;
         }
+        self.probe_results();
         let done: Vec<String> = self
             .terminating
             .iter()
@@ -389,6 +438,9 @@ impl PodManager {
                 last_terminated: None,
                 not_before_ms: 0,
                 crashes: 0,
+                probes: None,
+                probing: HashSet::new(),
+                killed_by_probe: false,
             });
         }
         Ok(PodRun {
@@ -493,8 +545,21 @@ impl PodManager {
         for i in 0..run.ctrs.len() {
             self.sync_container(uid, &mut run, i, &policy).await;
         }
+        self.start_probes(uid, &mut run);
         self.refresh_volumes(&mut run).await;
-        let status = pod_status(&run, &policy);
+        let mut status = pod_status(&run, &policy);
+        // A condition keeps its lastTransitionTime until its status changes.
+        let now = rfc3339(now_ms());
+        for cond in status.conditions.iter_mut() {
+            let before = run
+                .last_report
+                .as_ref()
+                .and_then(|r| r.conditions.iter().find(|c| c.r#type == cond.r#type));
+            cond.last_transition_time = match before {
+                Some(b) if b.status == cond.status => b.last_transition_time.clone(),
+                _ => now.clone(),
+            };
+        }
         if run.last_report.as_ref() != Some(&status) {
             let report = Object {
                 api_version: "v1".into(),
@@ -544,6 +609,7 @@ impl PodManager {
                 None if st.status == "running" => {
                     if c.started_at.is_empty() {
                         c.started_at = rfc3339(now);
+                        c.probes_start(now);
                     }
                     c.waiting = None;
                     c.terminated = None;
@@ -559,6 +625,7 @@ impl PodManager {
                     c.id = None;
                 }
                 Some(exit) => {
+                    c.probes_stop();
                     let reason = if st.oom_killed {
                         "OOMKilled"
                     } else if exit.exit_code == 0 {
@@ -631,6 +698,107 @@ impl PodManager {
             return;
         }
         self.start_container(uid, run, i).await;
+    }
+
+    /// Applies finished probe attempts: readiness changes the container's Ready; a failed
+    /// liveness or startup probe stops the instance, which is then restarted per the pod's
+    /// restartPolicy (as the kubelet does).
+    fn probe_results(&mut self) {
+        let now = now_ms();
+        while let Ok(r) = self.probe_rx.try_recv() {
+            let Some(run) = self.pods.get_mut(&r.uid) else {
+                continue;
+            };
+            let pod_grace = pod_spec(&run.pod)
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30);
+            let pod_name = run.pod.meta().name.clone();
+            let Some(c) = run
+                .ctrs
+                .iter_mut()
+                .find(|c| c.id.as_deref() == Some(r.container_id.as_str()))
+            else {
+                continue;
+            };
+            c.probing.remove(&r.kind);
+            let Some(probes) = c.probes.as_mut() else {
+                continue;
+            };
+            if let Err(msg) = &r.outcome {
+                tracing::info!(pod = %pod_name, container = %c.spec.name, "{} probe failed: {msg}", r.kind);
+            }
+            if let Some(v) = probes.record(r.kind, r.outcome.is_ok(), now) {
+                tracing::info!(pod = %pod_name, container = %c.spec.name, "{} probe verdict: {v}", r.kind);
+            }
+            if let (Some(kind), false) = (probes.failed(), c.killed_by_probe) {
+                c.killed_by_probe = true;
+                let grace = c
+                    .spec
+                    .liveness_probe
+                    .as_ref()
+                    .filter(|_| kind == ProbeKind::Liveness)
+                    .or(c.spec.startup_probe.as_ref())
+                    .and_then(|p| p.termination_grace_period_seconds)
+                    .unwrap_or(pod_grace)
+                    .clamp(0, 3600) as u64;
+                tracing::warn!(pod = %pod_name, container = %c.spec.name, "container failed its {kind} probe and will be restarted");
+                let containers = self.containers.clone();
+                let id = r.container_id.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = containers.stop(&id, Duration::from_secs(grace)).await {
+                        tracing::warn!(container = %id, "stop after a failed probe: {e}");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Starts the probes that are due, each in a task of its own bounded by its timeout.
+    fn start_probes(&self, uid: &str, run: &mut PodRun) {
+        let now = now_ms();
+        for c in run.ctrs.iter_mut() {
+            let (Some(id), Some(probes)) = (c.id.clone(), c.probes.as_ref()) else {
+                continue;
+            };
+            if c.killed_by_probe || c.terminated.is_some() {
+                continue;
+            }
+            for kind in probes.due(now) {
+                if !c.probing.insert(kind) {
+                    continue;
+                }
+                let Some(spec) = (match kind {
+                    ProbeKind::Liveness => c.spec.liveness_probe.clone(),
+                    ProbeKind::Readiness => c.spec.readiness_probe.clone(),
+                    ProbeKind::Startup => c.spec.startup_probe.clone(),
+                }) else {
+                    continue;
+                };
+                let timeout = probes
+                    .tracker(kind)
+                    .map(|t| t.timeout())
+                    .unwrap_or(Duration::from_secs(1));
+                let containers = self.containers.clone();
+                let netns = run.netns.clone();
+                let ports = c.spec.ports.clone();
+                let tx = self.probe_tx.clone();
+                let changed = self.changed.clone();
+                let uid = uid.to_string();
+                let id = id.clone();
+                tokio::spawn(async move {
+                    let outcome = run_probe(&containers, &netns, &id, &spec, &ports, timeout).await;
+                    let r = ProbeResult {
+                        uid,
+                        container_id: id,
+                        kind,
+                        outcome,
+                    };
+                    if tx.send(r).await.is_ok() {
+                        changed.notify_one();
+                    }
+                });
+            }
+        }
     }
 
     /// The ConfigMaps and Secrets the pod refers to, from the connected server.
@@ -791,11 +959,13 @@ impl PodManager {
         match self.containers.create(&cfg, &image, &self.images).await {
             Ok(_) => match self.containers.start(&id).await {
                 Ok(()) => {
+                    let now = now_ms();
                     c.id = Some(id);
                     c.image_id = image.manifest_digest.clone();
-                    c.started_at = rfc3339(now_ms());
-                    c.started_ms = now_ms();
+                    c.started_at = rfc3339(now);
+                    c.started_ms = now;
                     c.waiting = None;
+                    c.probes_start(now);
                 }
                 Err(e) => {
                     c.waiting = Some(("RunContainerError".into(), e.to_string()));
@@ -811,7 +981,7 @@ impl PodManager {
 
 fn pod_status(run: &PodRun, policy: &str) -> PodStatus {
     let mut statuses = Vec::new();
-    let (mut running, mut succeeded, mut failed) = (0, 0, 0);
+    let (mut running, mut succeeded, mut failed, mut ready_count) = (0, 0, 0, 0);
     for c in &run.ctrs {
         let state = if let Some(t) = &c.terminated {
             if t.exit_code == 0 {
@@ -849,6 +1019,10 @@ fn pod_status(run: &PodRun, policy: &str) -> PodStatus {
             }
         };
         let is_running = state.running.is_some();
+        let ready = is_running && c.ready();
+        if ready {
+            ready_count += 1;
+        }
         statuses.push(ContainerStatus {
             name: c.spec.name.clone(),
             state: Some(state),
@@ -856,7 +1030,7 @@ fn pod_status(run: &PodRun, policy: &str) -> PodStatus {
                 terminated: Some(t),
                 ..Default::default()
             }),
-            ready: is_running,
+            ready,
             restart_count: c.restart_count,
             image: c.spec.image.clone(),
             image_id: c.image_id.clone(),
@@ -865,7 +1039,7 @@ fn pod_status(run: &PodRun, policy: &str) -> PodStatus {
                 .as_ref()
                 .map(|i| format!("runc://{i}"))
                 .unwrap_or_default(),
-            started: Some(is_running),
+            started: Some(is_running && c.probes.as_ref().is_none_or(|p| p.started())),
         });
     }
     let n = run.ctrs.len();
@@ -878,7 +1052,7 @@ fn pod_status(run: &PodRun, policy: &str) -> PodStatus {
     } else {
         "Pending"
     };
-    let all_ready = n > 0 && running == n;
+    let all_ready = n > 0 && ready_count == n;
     let cond = |t: &str, ok: bool| PodCondition {
         r#type: t.into(),
         status: if ok { "True" } else { "False" }.into(),
@@ -905,6 +1079,55 @@ fn pod_status(run: &PodRun, policy: &str) -> PodStatus {
         container_statuses: statuses,
         qos_class: String::new(),
         ..Default::default()
+    }
+}
+
+/// One probe attempt: the exec command's exit status, or a TCP/HTTP check from inside the
+/// pod's network namespace, bounded by `timeout`.
+async fn run_probe(
+    containers: &Containers,
+    netns: &std::path::Path,
+    id: &str,
+    spec: &flotilla_api::pb::api::Probe,
+    ports: &[flotilla_api::pb::api::ContainerPort],
+    timeout: Duration,
+) -> Result<(), String> {
+    match probe::probe_action(spec)? {
+        ProbeAction::Exec(a) => {
+            let mut cmd = containers
+                .exec_command(id, &a.command)
+                .map_err(|e| e.to_string())?;
+            let out = tokio::time::timeout(timeout, cmd.output())
+                .await
+                .map_err(|_| {
+                    format!(
+                        "command {:?} timed out after {}s",
+                        a.command,
+                        timeout.as_secs_f64()
+                    )
+                })?
+                .map_err(|e| format!("command {:?}: {e}", a.command))?;
+            if out.status.success() {
+                return Ok(());
+            }
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            let text: String = text.trim().chars().take(PROBE_OUTPUT_BYTES).collect();
+            Err(format!(
+                "command {:?} exited with {}: {text}",
+                a.command,
+                out.status.code().unwrap_or(-1)
+            ))
+        }
+        ProbeAction::HttpGet(a) => {
+            let port = probe::resolve_port(&a.port, ports)?;
+            probe::http_check(netns, a, port, timeout).await
+        }
+        ProbeAction::TcpSocket(a) => {
+            let port = probe::resolve_port(&a.port, ports)?;
+            let host = probe::parse_host(&a.host)?;
+            probe::tcp_check(netns, host, port, timeout).await
+        }
     }
 }
 

@@ -10,6 +10,7 @@ logs="$root/data/local-three"
 export FLOTILLA_SERVER=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
 
 down() {
+    export FLOTILLA_CONFIG="$logs/server-1/admin.conf"
     # The agent stops the demo pod's container itself; containers outlive their agent.
     if [ -f "$logs/agent-1.pid" ] && "$bin" delete pod hello-flotilla --wait=false >/dev/null 2>&1; then
         for _ in $(seq 1 50); do
@@ -48,6 +49,19 @@ for i in 1 2 3; do
     "$bin" server --config "cluster-configs/three-node/server-$i.toml" >"$logs/server-$i.log" 2>&1 &
     echo $! >"$pidf"
 done
+
+# The API speaks mutual TLS only: server 1 wrote an admin CLI config when it bootstrapped.
+export FLOTILLA_CONFIG="$logs/server-1/admin.conf"
+for _ in $(seq 1 100); do
+    [ -f "$FLOTILLA_CONFIG" ] && break
+    sleep 0.1
+done
+if [ ! -f "$FLOTILLA_CONFIG" ]; then
+    echo "server 1 did not start; its log ($logs/server-1.log) ends with:" >&2
+    tail -n 5 "$logs/server-1.log" >&2
+    exit 1
+fi
+echo "admin CLI config: $FLOTILLA_CONFIG (flotilla --config $FLOTILLA_CONFIG get nodes)"
 
 # Wait (bounded) for an elected leader.
 for _ in $(seq 1 100); do

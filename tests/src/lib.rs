@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use flotilla_api::pb::admin::cluster_service_client::ClusterServiceClient;
 use flotilla_api::pb::admin::{LocalStatusRequest, MemberStatus, Role};
 use flotilla_api::pb::api::{object::Body, ConfigMap, Object, ObjectMeta};
-use flotilla_client::{Client, ClientConfig};
+use flotilla_client::{Client, ClientConfig, TlsFiles};
 
 /// The `flotilla` binary built in the same target directory as this test.
 pub fn flotilla_bin() -> PathBuf {
@@ -117,7 +117,7 @@ impl Cluster {
 
     pub fn new(opts: Opts) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cluster_id = format!("test-{}", std::process::id());
+        let cluster_id = test_cluster_id();
         Cluster {
             dir,
             cluster_id,
@@ -150,7 +150,7 @@ impl Cluster {
         let s = &self.servers[&id];
         let o = &self.opts;
         let mut text = format!(
-            "node_id = {id}\ncluster_id = \"{}\"\napi_addr = \"{}\"\nraft_addr = \"{}\"\nmetrics_addr = \"{}\"\ndata_dir = \"{}\"\n",
+            "node_id = {id}\ncluster_id = \"{}\"\ncluster_secret = \"{TEST_SECRET}\"\napi_addr = \"{}\"\nraft_addr = \"{}\"\nmetrics_addr = \"{}\"\ndata_dir = \"{}\"\n",
             self.cluster_id,
             s.api,
             s.raft,
@@ -252,9 +252,9 @@ impl Cluster {
 
     /// The server's own view (role, term, indexes), or None if it does not answer.
     pub async fn local_status(&self, id: u64) -> Option<MemberStatus> {
-        let addr = format!("http://{}", self.servers[&id].api);
+        let addr = self.servers[&id].api.clone();
         let fut = async {
-            let mut c = ClusterServiceClient::connect(addr).await.ok()?;
+            let mut c = ClusterServiceClient::new(channel(&addr).await.ok()?);
             c.local_status(LocalStatusRequest {})
                 .await
                 .ok()
@@ -390,8 +390,56 @@ impl Drop for Cluster {
     }
 }
 
+/// The cluster id of every test cluster of this process: with [`TEST_SECRET`] it gives one
+/// cluster CA, so one admin certificate serves them all.
+pub fn test_cluster_id() -> String {
+    format!("test-{}", std::process::id())
+}
+
+/// The cluster secret of test clusters.
+pub const TEST_SECRET: &str = "flotilla-test-secret-0123456789";
+
+/// Admin credentials for this process's test clusters, and a CLI config file holding them.
+pub fn admin() -> &'static (TlsFiles, PathBuf) {
+    static ADMIN: std::sync::OnceLock<(TlsFiles, PathBuf)> = std::sync::OnceLock::new();
+    ADMIN.get_or_init(|| {
+        let ca = flotilla_identity::derive_ca(&test_cluster_id(), TEST_SECRET).expect("test CA");
+        let cert = flotilla_identity::issue_client_cert(&ca, flotilla_identity::ADMIN_CN, 2)
+            .expect("admin certificate");
+        let tls = TlsFiles {
+            ca_pem: ca.cert_pem.clone(),
+            cert_pem: cert.cert_pem.clone(),
+            key_pem: cert.key_pem.clone(),
+        };
+        let path =
+            std::env::temp_dir().join(format!("flotilla-test-admin-{}.conf", std::process::id()));
+        let file = flotilla_client::configfile::ClientConfig {
+            current_cluster: "test".into(),
+            clusters: vec![flotilla_client::configfile::ClusterEntry::with_credentials(
+                "test",
+                Vec::new(),
+                &ca.cert_pem,
+                &cert.cert_pem,
+                &cert.key_pem,
+            )],
+        };
+        file.save(&path).expect("write the test admin config");
+        (tls, path)
+    })
+}
+
+/// A mutual-TLS channel to one server's client API, as the admin.
+pub async fn channel(addr: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(flotilla_client::client_tls(&admin().0))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+}
+
 pub async fn connect(servers: Vec<String>) -> Client {
     let mut cfg = ClientConfig::new(servers);
+    cfg.tls = Some(admin().0.clone());
     cfg.request_timeout = Duration::from_secs(20);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -474,6 +522,10 @@ pub fn cli_env(
 ) -> (bool, String, String) {
     use std::io::Write;
     let mut cmd = Command::new(flotilla_bin());
+    // The admin credentials, unless the test names a config of its own.
+    if !args.contains(&"--config") {
+        cmd.env("FLOTILLA_CONFIG", &admin().1);
+    }
     for v in unset {
         cmd.env_remove(v);
     }

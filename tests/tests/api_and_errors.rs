@@ -142,10 +142,11 @@ async fn api_cli_and_error_codes() {
             .keys()
             .find(|id| **id != leader_now)
             .unwrap();
-        let mut raw =
-            ObjectServiceClient::connect(format!("http://{}", cluster.servers[&follower_now].api))
+        let mut raw = ObjectServiceClient::new(
+            flotilla_tests::channel(&cluster.servers[&follower_now].api)
                 .await
-                .unwrap();
+                .unwrap(),
+        );
         let mut req = tonic::Request::new(CreateRequest {
             object: Some(configmap("nl", &[])),
         });
@@ -162,10 +163,11 @@ async fn api_cli_and_error_codes() {
         break;
     }
     assert!(checked, "leadership kept moving");
-    let mut raw =
-        ObjectServiceClient::connect(format!("http://{}", cluster.servers[&follower].api))
+    let mut raw = ObjectServiceClient::new(
+        flotilla_tests::channel(&cluster.servers[&follower].api)
             .await
-            .unwrap();
+            .unwrap(),
+    );
 
     // A request with a missing field is INVALID_ARGUMENT naming it.
     let e = ApiError::from_status(

@@ -131,16 +131,17 @@ async fn kubectl_verbs_and_config_file() {
     let (ok, out, _) = cli(&["completion", "bash"], None);
     assert!(ok && out.contains("_flotilla"), "{out}");
 
-    // The config file: a named cluster replaces --server.
+    // The config file: a named cluster replaces --server; its credentials stay when its
+    // servers change, and are never printed.
     let conf = tmp.path().join("flotilla-config").display().to_string();
     let unset = ["FLOTILLA_SERVER"];
-    let (ok, out, err) = cli_without_env(
+    let (ok, _, err) = cli_without_env(
         &[
             "--config",
             &conf,
             "config",
             "set-cluster",
-            "local",
+            "bare",
             "--servers",
             &servers,
         ],
@@ -148,7 +149,27 @@ async fn kubectl_verbs_and_config_file() {
         &unset,
     );
     assert!(ok, "{err}");
-    assert!(out.contains("cluster \"local\" set"), "{out}");
+    let (ok, _, err) = cli_without_env(&["--config", &conf, "get", "cm"], None, &unset);
+    assert!(
+        !ok && err.contains("no client certificate") && err.contains("admin.conf"),
+        "a cluster without credentials is refused before any connection: {err}"
+    );
+    std::fs::copy(&flotilla_tests::admin().1, &conf).unwrap();
+    let (ok, out, err) = cli_without_env(
+        &[
+            "--config",
+            &conf,
+            "config",
+            "set-cluster",
+            "test",
+            "--servers",
+            &servers,
+        ],
+        None,
+        &unset,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("cluster \"test\" set"), "{out}");
     let (ok, out, err) = cli_without_env(
         &["--config", &conf, "apply", "-f", "-"],
         Some(&cm("via-config")),
@@ -157,7 +178,11 @@ async fn kubectl_verbs_and_config_file() {
     assert!(ok, "{err}");
     assert_eq!(out, "configmap/via-config created\n");
     let (ok, out, _) = cli_without_env(&["--config", &conf, "config", "view"], None, &unset);
-    assert!(ok && out.contains("current-cluster: local"), "{out}");
+    assert!(ok && out.contains("current-cluster: test"), "{out}");
+    assert!(
+        out.contains("client-key-data: REDACTED") && !out.contains("BEGIN"),
+        "{out}"
+    );
     let (ok, _, err) = cli_without_env(
         &["--config", &conf, "config", "use-cluster", "nope"],
         None,

@@ -63,6 +63,7 @@ impl ApiError {
             ErrorCode::Unavailable => tonic::Code::Unavailable,
             ErrorCode::Timeout => tonic::Code::DeadlineExceeded,
             ErrorCode::Forbidden => tonic::Code::PermissionDenied,
+            ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorCode::Internal | ErrorCode::Unspecified => tonic::Code::Internal,
         }
     }
@@ -90,6 +91,7 @@ impl ApiError {
             tonic::Code::ResourceExhausted => ErrorCode::TooLarge,
             tonic::Code::DeadlineExceeded => ErrorCode::Timeout,
             tonic::Code::PermissionDenied => ErrorCode::Forbidden,
+            tonic::Code::Unauthenticated => ErrorCode::Unauthenticated,
             tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
                 ErrorCode::Unavailable
             }

@@ -149,7 +149,9 @@ async fn bench_flotilla(args: &Args) -> anyhow::Result<Vec<Run>> {
         .take(MAX_CONNECTIONS)
         .enumerate()
     {
-        let ch = Channel::from_shared(format!("http://{addr}"))?
+        // Servers speak mutual TLS only (etcd below runs without TLS: its default).
+        let ch = Channel::from_shared(format!("https://{addr}"))?
+            .tls_config(flotilla_client::client_tls(&flotilla_tests::admin().0))?
             .tcp_nodelay(true)
             .connect()
             .await

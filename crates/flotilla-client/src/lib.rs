@@ -18,12 +18,33 @@ use flotilla_api::pb::api::{
     ObjectKey, UpdateRequest, WatchEvent, WatchRequest, Write,
 };
 use flotilla_api::{ApiError, ErrorCode};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+pub mod configfile;
+
+/// Credentials for the servers' mutual TLS: the cluster CA and a client certificate, PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsFiles { .. }")
+    }
+}
+
+/// The name every server certificate carries, whatever address it is dialled at.
+pub const SERVER_NAME: &str = "flotilla-server";
 
 /// The connection settings.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub servers: Vec<String>,
+    /// Required: servers accept mutual TLS only.
+    pub tls: Option<TlsFiles>,
     pub connect_timeout: Duration,
     /// Per request; watches are not bounded by it.
     pub request_timeout: Duration,
@@ -34,6 +55,7 @@ impl ClientConfig {
     pub fn new(servers: Vec<String>) -> Self {
         ClientConfig {
             servers,
+            tls: None,
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(30),
             max_message_bytes: 64 * 1024 * 1024,
@@ -57,6 +79,14 @@ impl std::fmt::Display for ApplyOutcome {
             ApplyOutcome::Unchanged => "unchanged",
         })
     }
+}
+
+/// tonic's client TLS from PEM credentials, checking the server's name as `SERVER_NAME`.
+pub fn client_tls(tls: &TlsFiles) -> ClientTlsConfig {
+    ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+        .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+        .domain_name(SERVER_NAME)
 }
 
 /// Attempts `apply` makes when another writer changes the object in between.
@@ -103,6 +133,14 @@ impl Client {
                 "no server address given (use --server or FLOTILLA_SERVER)",
             ));
         }
+        if config.tls.is_none() {
+            return Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "no client certificate: Flotilla servers accept mutual TLS only; use \
+                 --config <data-dir>/admin.conf (written by the server that bootstrapped the \
+                 cluster) or a config file with the cluster's credentials",
+            ));
+        }
         let mut c = Client {
             config,
             current: 0,
@@ -118,15 +156,19 @@ impl Client {
     }
 
     async fn connect_to(&self, addr: &str) -> Result<Channel, ApiError> {
-        let uri = if addr.starts_with("http://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        Endpoint::from_shared(uri)
+        let host = addr
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
+        let tls =
+            self.config.tls.as_ref().ok_or_else(|| {
+                ApiError::new(ErrorCode::Unauthenticated, "no client certificate")
+            })?;
+        Endpoint::from_shared(format!("https://{host}"))
             .map_err(|e| {
                 ApiError::invalid("server", format!("{addr:?} is not a valid address: {e}"))
             })?
+            .tls_config(client_tls(tls))
+            .map_err(|e| ApiError::invalid("tls", format!("client TLS settings: {e}")))?
             .connect_timeout(self.config.connect_timeout)
             .tcp_nodelay(true)
             .connect()

@@ -25,6 +25,8 @@ pub const NODE_CN_PREFIX: &str = "system:node:";
 pub const ADMIN_CN: &str = "flotilla-admin";
 
 const CA_VALIDITY_DAYS: i64 = 3650;
+/// The shortest cluster secret accepted (`openssl rand -hex 32` gives 64).
+pub const MIN_SECRET_BYTES: usize = 16;
 const TOKEN_PREFIX: &str = "FLT1";
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,57 @@ pub fn generate_ca(cluster_id: &str) -> Result<CertKey> {
         KeyUsagePurpose::DigitalSignature,
     ];
     validity(&mut params, CA_VALIDITY_DAYS);
+    let cert = params.self_signed(&key).map_err(gen)?;
+    Ok(CertKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// The cluster CA derived from the cluster's id and secret: every server of the cluster
+/// computes the same CA (an Ed25519 key from SHA-256 of both, fixed validity and serial;
+/// Ed25519 signatures are deterministic), so the servers trust each other over mutual TLS
+/// before the replicated store exists, with no PKI step. Whoever knows the secret can issue
+/// certificates: keep it as secret as a CA key.
+pub fn derive_ca(cluster_id: &str, secret: &str) -> Result<CertKey> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(IdentityError::Generate(format!(
+            "the cluster secret must be at least {MIN_SECRET_BYTES} bytes"
+        )));
+    }
+    let digest = |label: &str| {
+        let mut h = Sha256::new();
+        for part in ["flotilla-cluster-ca-v1", label, cluster_id, secret] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        h.finalize()
+    };
+    let seed = digest("ed25519-seed");
+    // RFC 8410 PKCS#8 v1 for an Ed25519 private key: a fixed prefix, then the 32-byte seed.
+    let mut pkcs8 = vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    pkcs8.extend_from_slice(&seed);
+    let der = rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8);
+    let key = KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519).map_err(gen)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("flotilla-ca@{cluster_id}"));
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    // A positive 16-byte serial from the same inputs.
+    let mut serial = digest("serial")[..16].to_vec();
+    serial[0] &= 0x7f;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    params.not_before = time::macros::datetime!(2025-01-01 0:00 UTC);
+    params.not_after = time::macros::datetime!(2125-01-01 0:00 UTC);
     let cert = params.self_signed(&key).map_err(gen)?;
     Ok(CertKey {
         cert_pem: cert.pem(),
@@ -464,6 +517,27 @@ mod tests {
         }
         assert!(constant_time_eq(&t.secret_hash(), &hash_secret(&t.secret)));
         assert!(!constant_time_eq(&t.secret_hash(), &hash_secret("x")));
+    }
+
+    #[test]
+    fn derived_ca_is_the_same_everywhere_and_usable() {
+        let a = derive_ca("c1", "0123456789abcdef-secret").unwrap();
+        let b = derive_ca("c1", "0123456789abcdef-secret").unwrap();
+        assert_eq!(a, b, "every server must derive the same CA");
+        assert_ne!(
+            derive_ca("c1", "0123456789abcdef-other").unwrap().cert_pem,
+            a.cert_pem
+        );
+        assert_ne!(
+            derive_ca("c2", "0123456789abcdef-secret").unwrap().cert_pem,
+            a.cert_pem
+        );
+        assert!(derive_ca("c1", "short").is_err());
+        // It issues certificates that rustls accepts on both sides.
+        let server = issue_server_cert(&a, &["127.0.0.1".into()], 1).unwrap();
+        let client = issue_client_cert(&a, ADMIN_CN, 1).unwrap();
+        server_tls_config(&a.cert_pem, &server, true, &[]).unwrap();
+        client_tls_config(&a.cert_pem, Some(&client), &[]).unwrap();
     }
 
     #[test]

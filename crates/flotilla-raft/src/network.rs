@@ -26,6 +26,8 @@ pub struct TransportConfig {
     pub snapshot_chunk_bytes: usize,
     /// Largest snapshot a follower accepts.
     pub max_snapshot_bytes: u64,
+    /// Mutual TLS to the other servers; None only in tests of this crate.
+    pub client_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Default for TransportConfig {
@@ -35,6 +37,7 @@ impl Default for TransportConfig {
             max_message_bytes: 256 * 1024 * 1024,
             snapshot_chunk_bytes: 1024 * 1024,
             max_snapshot_bytes: 8 * 1024 * 1024 * 1024,
+            client_tls: None,
         }
     }
 }
@@ -80,7 +83,16 @@ fn status_error(target: u64, s: tonic::Status) -> RPCError<TypeConfig> {
 
 impl Peer {
     pub fn new(target: u64, addr: &str, config: &TransportConfig) -> Peer {
-        let client = Endpoint::from_shared(format!("http://{addr}"))
+        let scheme = if config.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let client = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .and_then(|e| match &config.client_tls {
+                Some(t) => e.tls_config(t.clone()),
+                None => Ok(e),
+            })
             .map(|e| {
                 let ch = e
                     .connect_timeout(Duration::from_millis(config.connect_timeout_ms))

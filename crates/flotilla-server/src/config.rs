@@ -137,6 +137,13 @@ pub struct ServerConfig {
     pub node_id: u64,
     /// A name shared by all members; a data directory of another cluster is refused.
     pub cluster_id: String,
+    /// The secret the cluster CA is derived from (the same on every server; see
+    /// `flotilla_identity::derive_ca`). Give it here or in `cluster_secret_file`.
+    #[serde(default)]
+    pub cluster_secret: Option<String>,
+    /// A file holding the cluster secret (relative paths from the config file's directory).
+    #[serde(default)]
+    pub cluster_secret_file: Option<PathBuf>,
     pub api_addr: String,
     pub raft_addr: String,
     /// UDP address agents reach over QUIC; absent: the api_addr's IP and port (over UDP).
@@ -164,7 +171,45 @@ impl ServerConfig {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&path.display().to_string(), &text)
+        let mut c = Self::parse(&path.display().to_string(), &text)?;
+        if let Some(f) = c.cluster_secret_file.clone() {
+            let f = match path.parent() {
+                Some(dir) if f.is_relative() => dir.join(f),
+                _ => f,
+            };
+            let secret = std::fs::read_to_string(&f).map_err(|source| ConfigError::Read {
+                path: f.display().to_string(),
+                source,
+            })?;
+            c.cluster_secret = Some(secret.trim().to_string());
+            c.check_secret(&path.display().to_string())?;
+        }
+        Ok(c)
+    }
+
+    /// The cluster secret, checked by `parse`/`load`.
+    pub fn secret(&self) -> &str {
+        self.cluster_secret.as_deref().unwrap_or_default()
+    }
+
+    fn check_secret(&self, name: &str) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: name.to_string(),
+            message,
+        };
+        match &self.cluster_secret {
+            None => Err(invalid(
+                "cluster_secret (or cluster_secret_file) is required: the cluster CA is derived \
+                 from it, so every server needs the same one; generate it with \
+                 `openssl rand -hex 32` and keep it as secret as a CA key"
+                    .into(),
+            )),
+            Some(s) if s.len() < flotilla_identity::MIN_SECRET_BYTES => Err(invalid(format!(
+                "cluster_secret must be at least {} bytes",
+                flotilla_identity::MIN_SECRET_BYTES
+            ))),
+            Some(_) => Ok(()),
+        }
     }
 
     pub fn parse(name: &str, text: &str) -> Result<ServerConfig, ConfigError> {
@@ -188,6 +233,17 @@ impl ServerConfig {
         }
         if c.cluster_id.is_empty() {
             return Err(invalid("cluster_id must not be empty".into()));
+        }
+        match (&c.cluster_secret, &c.cluster_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "give cluster_secret or cluster_secret_file, not both".into(),
+                ))
+            }
+            (Some(_), None) => c.check_secret(name)?,
+            // Read (and checked) by `load`.
+            (None, Some(_)) => {}
+            (None, None) => c.check_secret(name)?,
         }
         if !c.initial_members.is_empty() && !c.initial_members.iter().any(|m| m.id == c.node_id) {
             return Err(invalid(format!(
@@ -233,6 +289,7 @@ mod tests {
     const OK: &str = r#"
 node_id = 1
 cluster_id = "t"
+cluster_secret = "test-secret-0123456789"
 api_addr = "127.0.0.1:7101"
 raft_addr = "127.0.0.1:7111"
 [[initial_members]]
@@ -260,7 +317,11 @@ api_addr = "127.0.0.1:7101"
             }
         }
         assert_eq!(n, 8);
-        ServerConfig::load(&root.join("systemd/server.toml.example")).unwrap();
+        // Parsed, not loaded: its secret file exists only on a real install.
+        let example = root.join("systemd/server.toml.example");
+        let c =
+            ServerConfig::parse("example", &std::fs::read_to_string(&example).unwrap()).unwrap();
+        assert!(c.cluster_secret_file.is_some());
     }
 
     #[test]
@@ -273,5 +334,14 @@ api_addr = "127.0.0.1:7101"
         let e =
             ServerConfig::parse("x.toml", &OK.replace("node_id = 1", "node_id = 2")).unwrap_err();
         assert!(e.to_string().contains("initial_members"), "{e}");
+        let e = ServerConfig::parse(
+            "x.toml",
+            &OK.replace("cluster_secret = \"test-secret-0123456789\"\n", ""),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cluster_secret"), "{e}");
+        let e = ServerConfig::parse("x.toml", &OK.replace("test-secret-0123456789", "short"))
+            .unwrap_err();
+        assert!(e.to_string().contains("at least 16 bytes"), "{e}");
     }
 }

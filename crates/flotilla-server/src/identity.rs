@@ -144,7 +144,8 @@ async fn bootstrap(node: &Node, api: &ObjectApi) -> Result<(), String> {
             });
         }
     }
-    let ca = flotilla_identity::generate_ca(&node.cluster_id).map_err(|e| e.to_string())?;
+    // The CA every server derived from the cluster secret, kept in the store for the join flow.
+    let ca = node.tls.ca.clone();
     writes.push(Write {
         op: Some(Op::Create(ca_secret(&ca))),
     });

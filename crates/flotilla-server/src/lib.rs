@@ -1,6 +1,6 @@
 //! flotilla-server owns a server node's wiring and its network faces: the object API (writes
 //! forwarded to the leader, linearizable or stale reads, watches), the cluster admin API, the
-//! Raft transport listener and the Prometheus endpoint.
+//! Raft transport listener (both mutual TLS only) and the Prometheus endpoint.
 //!
 //! It must never decide what a write means (that is `flotilla-state`) nor touch the log or the
 //! state file directly (that is `flotilla-raft`); it only proposes, reads and routes.
@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod node;
 pub mod pods;
 pub mod proposer;
+pub mod tls;
 pub mod watch;
 
 pub use config::ServerConfig;

@@ -46,6 +46,8 @@ pub enum StartError {
     },
     #[error("raft failed to start: {0}")]
     Raft(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Everything a request handler needs; shared by all services of one server.
@@ -64,6 +66,8 @@ pub struct Node {
     /// Agents with a session on this server, by node name.
     pub agents: crate::dispatcher::AgentConnections,
     channels: Mutex<HashMap<String, Channel>>,
+    /// The cluster CA and this server's certificate.
+    pub tls: crate::tls::ServerTls,
 }
 
 impl Node {
@@ -133,8 +137,9 @@ impl Node {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| ApiError::internal(format!("leader address {addr:?} is invalid: {e}")))?
+        let ch = Endpoint::from_shared(format!("https://{addr}"))
+            .and_then(|e| e.tls_config(self.tls.client_config()))
+            .map_err(|e| ApiError::internal(format!("server address {addr:?} is invalid: {e}")))?
             .connect_timeout(Duration::from_millis(1000))
             .tcp_nodelay(true)
             .connect_lazy();
@@ -205,6 +210,28 @@ pub async fn start(config: ServerConfig, data_dir: PathBuf) -> Result<ServerHand
         },
     )?;
     let reader = sm.reader();
+    let tls = crate::tls::ServerTls::new(&config).map_err(StartError::Tls)?;
+    // The store's CA (written by the first leader) must be the one the secret gives.
+    if let Ok((Some(o), _)) = reader.get(&crate::identity::ca_key()) {
+        if let Some(stored) = crate::identity::ca_from_object(&o) {
+            if stored.cert_pem != tls.ca.cert_pem {
+                return Err(StartError::Tls(format!(
+                    "the cluster CA in {} is not the one cluster_id {:?} and this \
+                     cluster_secret give: a wrong secret, or a data directory made by another cluster (or \
+                     by a Flotilla older than the derived CA: remove it to start a new cluster)",
+                    data_dir.display(),
+                    config.cluster_id
+                )));
+            }
+        }
+    }
+    match crate::tls::write_admin_conf(&data_dir, &config, &tls) {
+        Ok(true) => {
+            tracing::info!(path = %data_dir.join("admin.conf").display(), "wrote the admin CLI config")
+        }
+        Ok(false) => {}
+        Err(e) => return Err(StartError::Tls(format!("admin.conf: {e}"))),
+    }
 
     let r = &config.raft;
     let raft_config = openraft::Config {
@@ -223,6 +250,7 @@ pub async fn start(config: ServerConfig, data_dir: PathBuf) -> Result<ServerHand
     let transport = TransportConfig {
         max_message_bytes: r.max_message_bytes,
         max_snapshot_bytes: r.max_snapshot_bytes,
+        client_tls: Some(tls.client_config()),
         ..Default::default()
     };
 
@@ -274,6 +302,7 @@ pub async fn start(config: ServerConfig, data_dir: PathBuf) -> Result<ServerHand
         api_addr: config.api_addr.clone(),
         agents: Default::default(),
         channels: Mutex::new(HashMap::new()),
+        tls: tls.clone(),
     });
     let tasks = TaskTracker::new();
 
@@ -282,8 +311,13 @@ pub async fn start(config: ServerConfig, data_dir: PathBuf) -> Result<ServerHand
         RaftServiceServer::new(RaftGrpc::new(raft.clone(), transport.max_snapshot_bytes))
             .max_decoding_message_size(transport.max_message_bytes)
             .max_encoding_message_size(transport.max_message_bytes);
+    let raft_tls = tls.server_config();
     tasks.spawn(serve("raft", token.clone(), async move {
         tonic::transport::Server::builder()
+            .tls_config(raft_tls)?
+            .layer(tonic::service::InterceptorLayer::new(
+                crate::tls::servers_only,
+            ))
             .add_service(raft_svc)
             .serve_with_incoming_shutdown(incoming(raft_listener), token.cancelled_owned())
             .await
@@ -304,8 +338,13 @@ pub async fn start(config: ServerConfig, data_dir: PathBuf) -> Result<ServerHand
     let pod_svc = flotilla_api::pb::api::pod_service_server::PodServiceServer::new(
         crate::pods::PodApi::new(node.clone(), internal_pods_api),
     );
+    let api_tls = tls.server_config();
     tasks.spawn(serve("api", token.clone(), async move {
         tonic::transport::Server::builder()
+            .tls_config(api_tls)?
+            .layer(tonic::service::InterceptorLayer::new(
+                crate::tls::api_clients,
+            ))
             .add_service(object_svc)
             .add_service(cluster_svc)
             .add_service(pod_svc)

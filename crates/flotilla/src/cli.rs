@@ -18,6 +18,8 @@ use crate::output;
 pub struct Conn {
     pub servers: Vec<String>,
     pub timeout: Duration,
+    /// The current cluster's credentials from the config file.
+    pub tls: Option<flotilla_client::TlsFiles>,
 }
 
 impl Conn {
@@ -30,6 +32,7 @@ impl Conn {
                 .collect(),
         );
         c.request_timeout = self.timeout;
+        c.tls = self.tls.clone();
         Ok(Client::connect(c).await?)
     }
 }

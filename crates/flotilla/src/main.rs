@@ -7,7 +7,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod cli;
-mod clientconfig;
+use flotilla_client::configfile as clientconfig;
 mod output;
 mod token;
 
@@ -27,7 +27,9 @@ struct Cli {
     /// current cluster of the config file, else 127.0.0.1:7101-7103.
     #[arg(long, global = true, env = "FLOTILLA_SERVER", value_delimiter = ',')]
     server: Vec<String>,
-    /// The CLI config file (named clusters and the current one); default ~/.flotilla/config.
+    /// The CLI config file (named clusters, their credentials, the current one); default
+    /// ~/.flotilla/config, else ./data/local-three/server-1/admin.conf when that exists (the
+    /// local three-server cluster's admin config).
     #[arg(long = "config", env = "FLOTILLA_CONFIG")]
     config: Option<PathBuf>,
     /// Per-request timeout in seconds.
@@ -161,6 +163,10 @@ enum ConfigCommand {
 
 /// Which servers the CLI talks to: --server / FLOTILLA_SERVER, else the config file's current
 /// cluster, else the local three-node cluster.
+/// The admin config the first server of `cluster-configs/three-node` writes, used when there
+/// is no ~/.flotilla/config, so the local cluster works with no setup.
+const LOCAL_ADMIN_CONF: &str = "data/local-three/server-1/admin.conf";
+
 fn resolve_servers(flag: Vec<String>, config: &clientconfig::ClientConfig) -> Vec<String> {
     if !flag.is_empty() {
         return flag;
@@ -178,7 +184,7 @@ fn config_command(
     cmd: ConfigCommand,
 ) -> anyhow::Result<()> {
     match cmd {
-        ConfigCommand::View => print!("{}", serde_yaml_ng::to_string(&c)?),
+        ConfigCommand::View => print!("{}", serde_yaml_ng::to_string(&c.redacted())?),
         ConfigCommand::SetCluster { name, servers } => {
             c.set_cluster(&name, servers);
             c.save(path)?;
@@ -267,13 +273,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let creating = matches!(command, Command::Config { .. });
     let (config_path, must_exist) = match &cli.config {
         Some(p) => (p.clone(), !creating),
-        None => match clientconfig::default_path() {
-            Some(p) => (p, false),
-            None => (PathBuf::from(".flotilla-config"), false),
-        },
+        None => {
+            let home = clientconfig::default_path();
+            let local = PathBuf::from(LOCAL_ADMIN_CONF);
+            match home {
+                Some(p) if p.exists() || creating || !local.exists() => (p, false),
+                _ if local.exists() => (local, false),
+                _ => (PathBuf::from(".flotilla-config"), false),
+            }
+        }
     };
     let file = clientconfig::ClientConfig::load(&config_path, must_exist)?;
+    let tls = match file.current() {
+        Some(entry) => entry
+            .tls()
+            .map_err(|e| anyhow::anyhow!("config {}: {e}", config_path.display()))?,
+        None => None,
+    };
     let conn = cli::Conn {
+        tls,
         servers: resolve_servers(cli.server, &file),
         timeout: std::time::Duration::from_secs(cli.timeout_secs.max(1)),
     };

@@ -32,6 +32,18 @@ impl Agent {
         dir: &Path,
         registry: &str,
     ) -> Agent {
+        Self::start_with(name, servers, token, dir, registry, &[])
+    }
+
+    /// [`Agent::start_named`] with more agent flags.
+    pub fn start_with(
+        name: &str,
+        servers: &str,
+        token: Option<&str>,
+        dir: &Path,
+        registry: &str,
+        extra: &[&str],
+    ) -> Agent {
         let log = dir.join(format!("agent-{name}.log"));
         // Every run of the agent appends to one log.
         let f = std::fs::OpenOptions::new()
@@ -50,6 +62,7 @@ impl Agent {
             registry,
         ])
         .args(["--crash-backoff-initial-ms", "500"])
+        .args(extra)
         .arg("--data-dir")
         .arg(dir.join(name))
         .env("FLOTILLA_LOG", "info")

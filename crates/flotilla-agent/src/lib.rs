@@ -43,6 +43,7 @@ pub struct AgentConfig {
     pub shim_program: PathBuf,
     /// First delay of a crashing container's restart backoff (Kubernetes: 10 s).
     pub crash_backoff_initial_ms: u64,
+    pub image_gc: pods::ImageGc,
 }
 
 impl AgentConfig {
@@ -61,6 +62,7 @@ impl AgentConfig {
             insecure_registries: Vec::new(),
             shim_program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("flotilla")),
             crash_backoff_initial_ms: 10_000,
+            image_gc: pods::ImageGc::default(),
         }
     }
 }
@@ -124,6 +126,7 @@ pub async fn run(
     );
     pcfg.insecure_registries = cfg.insecure_registries.clone();
     pcfg.crash_backoff_initial_ms = cfg.crash_backoff_initial_ms;
+    pcfg.image_gc = cfg.image_gc.clone();
     let server = session::ServerLink::default();
     let manager = pods::PodManager::open(
         pcfg,

@@ -17,6 +17,7 @@ use flotilla_api::pb::api::{
 use flotilla_api::pb::node::ImageRecord;
 use flotilla_runtime::bundle::{merge_env, resolve_args, ContainerConfig, Resources};
 use flotilla_runtime::{netns, Containers, ImageStore, PullPolicy, RuntimeConfig};
+use futures::StreamExt;
 use tokio::sync::{mpsc, Mutex, Notify};
 
 use crate::probe::{self, ContainerProbes, ProbeAction, ProbeKind};
@@ -45,10 +46,33 @@ pub struct PodsConfig {
     pub crash_backoff_max_ms: u64,
     /// A container that ran this long resets its backoff (Kubernetes: 10 min).
     pub backoff_reset_ms: u64,
+    /// Pods synced at once (pulls are serialised by the image store).
+    pub pod_workers: usize,
     /// How often configMap and secret volumes are re-read (Kubernetes: about a minute).
     pub volume_refresh_ms: u64,
     /// Bound on one request for the ConfigMaps and Secrets a pod refers to.
     pub objects_timeout_ms: u64,
+    pub image_gc: ImageGc,
+}
+
+/// When unused images are removed (Kubernetes' image GC policy, simplified: above the
+/// threshold, every image unused for `min_age_ms` goes, not only enough to get below it).
+#[derive(Clone, Debug)]
+pub struct ImageGc {
+    /// Runs only when the images' file system is at least this full; 0: always.
+    pub high_percent: u8,
+    pub min_age_ms: u64,
+    pub period_ms: u64,
+}
+
+impl Default for ImageGc {
+    fn default() -> Self {
+        ImageGc {
+            high_percent: 85,
+            min_age_ms: 120_000,
+            period_ms: 300_000,
+        }
+    }
 }
 
 impl PodsConfig {
@@ -63,7 +87,9 @@ impl PodsConfig {
             crash_backoff_max_ms: 300_000,
             backoff_reset_ms: 600_000,
             volume_refresh_ms: 60_000,
+            pod_workers: 8,
             objects_timeout_ms: 5_000,
+            image_gc: ImageGc::default(),
         }
     }
 }
@@ -153,6 +179,9 @@ pub struct PodManager {
     stopped: HashMap<String, Option<i64>>,
     probe_tx: mpsc::Sender<ProbeResult>,
     probe_rx: mpsc::Receiver<ProbeResult>,
+    /// When each image was last wanted by a pod here (images found at start count from then).
+    image_last_used: HashMap<String, i64>,
+    next_image_gc_ms: i64,
 }
 
 /// What the pod manager tells the session to send.
@@ -296,12 +325,15 @@ impl PodManager {
             stopped: HashMap::new(),
             probe_tx,
             probe_rx,
+            image_last_used: HashMap::new(),
+            next_image_gc_ms: 0,
         })
     }
 
     pub async fn run(mut self, shutdown: tokio_util::sync::CancellationToken) {
         loop {
             self.sync().await;
+            self.image_gc().await;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.changed.notified() => {}
@@ -342,23 +374,108 @@ impl PodManager {
             }
         }
         self.remove_orphans(&desired).await;
+        let mut batch: Vec<(String, PodRun)> = Vec::new();
+        // Listed once per pass, and only when a pod is new here.
+        let mut existing: Option<Vec<flotilla_runtime::runc::ContainerState>> = None;
         for (uid, pod) in desired {
             if pod.meta().deletion_timestamp_ms.is_some() {
                 self.terminate(&uid, &pod).await;
                 continue;
             }
-            if !self.pods.contains_key(&uid) {
-                match self.setup(&uid, pod.clone()).await {
-                    Ok(run) => {
-                        self.pods.insert(uid.clone(), run);
+            let run = match self.pods.remove(&uid) {
+                Some(r) => r,
+                None => {
+                    if existing.is_none() {
+                        existing = Some(self.containers.runtime().list().await.unwrap_or_default());
                     }
-                    Err(e) => {
-                        tracing::warn!(pod = %pod.meta().name, "cannot set up the pod: {e}");
-                        continue;
+                    let known = existing.as_deref().unwrap_or_default();
+                    match self.setup(&uid, pod.clone(), known).await {
+                        Ok(run) => run,
+                        Err(e) => {
+                            tracing::warn!(pod = %pod.meta().name, "cannot set up the pod: {e}");
+                            continue;
+                        }
                     }
                 }
+            };
+            batch.push((uid, run));
+        }
+        // Pods are independent: up to `pod_workers` of them are synced at once, so one slow
+        // pull or start does not hold up the others.
+        let this = &*self;
+        let done: Vec<(String, PodRun)> = futures::stream::iter(batch)
+            .map(|(uid, mut run)| async move {
+                this.sync_pod(&uid, &mut run).await;
+                (uid, run)
+            })
+            .buffer_unordered(self.cfg.pod_workers.max(1))
+            .collect()
+            .await;
+        for (uid, run) in done {
+            self.pods.insert(uid, run);
+        }
+    }
+
+    /// Removes images no pod here has wanted for `min_age_ms`, when the disk is full enough.
+    async fn image_gc(&mut self) {
+        let now = now_ms();
+        let start = *self.image_last_used.entry(String::new()).or_insert(now);
+        let in_use: HashSet<String> = {
+            let d = self.desired.lock().await;
+            if !d.synced {
+                return;
             }
-            self.sync_pod(&uid).await;
+            d.pods
+                .values()
+                .filter_map(pod_spec)
+                .flat_map(|s| s.containers.iter().chain(&s.init_containers))
+                // As the store names them: `busybox` is `docker.io/library/busybox:latest`.
+                .map(|c| {
+                    flotilla_runtime::image::parse_reference(&c.image)
+                        .map(|r| r.whole())
+                        .unwrap_or_else(|_| c.image.clone())
+                })
+                .collect()
+        };
+        for image in &in_use {
+            self.image_last_used.insert(image.clone(), now);
+        }
+        if now < self.next_image_gc_ms {
+            return;
+        }
+        self.next_image_gc_ms = now + self.cfg.image_gc.period_ms as i64;
+        let gc = &self.cfg.image_gc;
+        if gc.high_percent > 0 {
+            match disk_used_percent(&self.cfg.data_dir.join("images")) {
+                Some(p) if p >= u64::from(gc.high_percent) => {
+                    tracing::info!("images' disk is {p}% full: collecting unused images");
+                }
+                Some(_) => return,
+                None => return,
+            }
+        }
+        let min_age = gc.min_age_ms as i64;
+        let Ok(records) = self.images.list() else {
+            return;
+        };
+        let keep: HashSet<String> = records
+            .into_iter()
+            .map(|r| r.reference)
+            .filter(|r| {
+                let last = self.image_last_used.get(r).copied().unwrap_or(start);
+                in_use.contains(r) || now - last < min_age
+            })
+            .chain(in_use.iter().cloned())
+            .collect();
+        match self.images.gc(&keep).await {
+            Ok(r) if r.images > 0 => tracing::info!(
+                images = r.images,
+                blobs = r.blobs,
+                layers = r.layers,
+                "image GC removed unused images"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("image GC: {e}"),
         }
     }
 
@@ -400,13 +517,17 @@ impl PodManager {
     }
 
     /// Creates the pod's network namespace (or finds it) and adopts running containers.
-    async fn setup(&self, uid: &str, pod: Object) -> Result<PodRun, String> {
+    async fn setup(
+        &self,
+        uid: &str,
+        pod: Object,
+        existing: &[flotilla_runtime::runc::ContainerState],
+    ) -> Result<PodRun, String> {
         let spec = pod_spec(&pod).cloned().unwrap_or_default();
         let ns = self.cfg.data_dir.join("netns").join(uid);
         if !flotilla_runtime::rootfs::is_mounted(&ns) {
             netns::create(&ns).map_err(|e| e.to_string())?;
         }
-        let existing = self.containers.runtime().list().await.unwrap_or_default();
         let mut ctrs = Vec::new();
         for c in spec.containers {
             let prefix = format!("{uid}_{}_", c.name);
@@ -506,7 +627,8 @@ impl PodManager {
         }
         if !self.stopped.contains_key(uid) {
             // Not known here, as after an agent restart: adopt what is left, then tear it down.
-            match self.setup(uid, pod.clone()).await {
+            let existing = self.containers.runtime().list().await.unwrap_or_default();
+            match self.setup(uid, pod.clone(), &existing).await {
                 Ok(run) => self.spawn_teardown(uid, run),
                 Err(e) => tracing::warn!(pod = %pod.meta().name, "cannot clean up: {e}"),
             }
@@ -535,19 +657,16 @@ impl PodManager {
         }
     }
 
-    async fn sync_pod(&mut self, uid: &str) {
-        let Some(mut run) = self.pods.remove(uid) else {
-            return;
-        };
+    async fn sync_pod(&self, uid: &str, run: &mut PodRun) {
         let policy = pod_spec(&run.pod)
             .map(|s| s.restart_policy.clone())
             .unwrap_or_default();
         for i in 0..run.ctrs.len() {
-            self.sync_container(uid, &mut run, i, &policy).await;
+            self.sync_container(uid, run, i, &policy).await;
         }
-        self.start_probes(uid, &mut run);
-        self.refresh_volumes(&mut run).await;
-        let mut status = pod_status(&run, &policy);
+        self.start_probes(uid, run);
+        self.refresh_volumes(run).await;
+        let mut status = pod_status(run, &policy);
         // A condition keeps its lastTransitionTime until its status changes.
         let now = rfc3339(now_ms());
         for cond in status.conditions.iter_mut() {
@@ -579,10 +698,9 @@ impl PodManager {
                 run.last_report = Some(status);
             }
         }
-        self.pods.insert(uid.to_string(), run);
     }
 
-    async fn sync_container(&mut self, uid: &str, run: &mut PodRun, i: usize, policy: &str) {
+    async fn sync_container(&self, uid: &str, run: &mut PodRun, i: usize, policy: &str) {
         let now = now_ms();
         if let Some(id) = run.ctrs[i].id.clone() {
             // Seen running before: only the shim's exit record can change that, and reading
@@ -841,7 +959,7 @@ impl PodManager {
         }
     }
 
-    async fn start_container(&mut self, uid: &str, run: &mut PodRun, i: usize) {
+    async fn start_container(&self, uid: &str, run: &mut PodRun, i: usize) {
         let spec = run.ctrs[i].spec.clone();
         let policy = match PullPolicy::parse(&spec.image_pull_policy, &spec.image) {
             Ok(p) => p,
@@ -1080,6 +1198,17 @@ fn pod_status(run: &PodRun, policy: &str) -> PodStatus {
         qos_class: String::new(),
         ..Default::default()
     }
+}
+
+/// How full the file system holding `path` is, in percent.
+fn disk_used_percent(path: &std::path::Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    let total = st.blocks() as u64;
+    let avail = st.blocks_available() as u64;
+    if total == 0 {
+        return None;
+    }
+    Some((total - avail.min(total)) * 100 / total)
 }
 
 /// One probe attempt: the exec command's exit status, or a TCP/HTTP check from inside the

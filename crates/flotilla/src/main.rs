@@ -126,6 +126,16 @@ struct AgentArgs {
     /// First delay of a crashing container's restart backoff (Kubernetes: 10 s).
     #[arg(long, default_value_t = 10_000, hide = true)]
     crash_backoff_initial_ms: u64,
+    /// Image garbage collection runs when the images' file system is at least this full
+    /// (percent; Kubernetes' imageGCHighThresholdPercent). 0: at every pass.
+    #[arg(long, default_value_t = 85)]
+    image_gc_high_percent: u8,
+    /// An image unused for less than this is kept (Kubernetes' imageMinimumGCAge, 2 min).
+    #[arg(long, default_value_t = 120)]
+    image_gc_min_age_secs: u64,
+    /// How often image garbage collection checks (Kubernetes: every 5 min).
+    #[arg(long, default_value_t = 300_000, hide = true)]
+    image_gc_period_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -346,6 +356,11 @@ async fn agent(a: AgentArgs) -> anyhow::Result<()> {
     cfg.runtime = a.runtime;
     cfg.insecure_registries = a.insecure_registries;
     cfg.crash_backoff_initial_ms = a.crash_backoff_initial_ms;
+    cfg.image_gc = flotilla_agent::pods::ImageGc {
+        high_percent: a.image_gc_high_percent.min(100),
+        min_age_ms: a.image_gc_min_age_secs.saturating_mul(1000),
+        period_ms: a.image_gc_period_ms.max(100),
+    };
     for l in &a.labels {
         let (k, v) = l
             .split_once('=')

@@ -3,7 +3,7 @@
 //! assigned to its node, pulled and started; its status (phase, Ready, container states)
 //! comes back through the status stream. A container killed from outside is restarted
 //! (restartCount goes up); a missing image shows ErrImagePull/ImagePullBackOff with the
-//! registry's reason; a failing `restartPolicy: Never` pod ends Failed with its exit code;
+//! registry's reason, and so does a missing tag; a failing `restartPolicy: Never` pod ends Failed with its exit code;
 //! `runAsUser` is honoured; a pod
 //! over its memory limit is OOMKilled. SIGKILL of the agent: on restart it adopts the running
 //! containers (none duplicated, restartCount unchanged). SIGKILL of the server it is connected
@@ -129,6 +129,25 @@ async fn pods_run_restart_report_and_survive_agent_and_server_kills() {
     .await;
     let w = main_state(&st).waiting.unwrap();
     assert!(w.message.to_lowercase().contains("unknown"), "{w:?}");
+    // A missing tag of an image that exists: likewise, naming the manifest.
+    apply(pod_manifest(
+        "missing-tag",
+        &registry.image("busybox:no-such-tag"),
+        "",
+        "",
+        "true",
+    ));
+    let (_, st) = wait_for(&mut c, "missing-tag", "waiting on the tag", &agent, |s| {
+        main_state(s)
+            .waiting
+            .is_some_and(|w| w.reason == "ErrImagePull" || w.reason == "ImagePullBackOff")
+    })
+    .await;
+    let w = main_state(&st).waiting.unwrap();
+    assert!(
+        w.message.contains("no-such-tag") && w.message.to_lowercase().contains("manifest"),
+        "{w:?}"
+    );
 
     // restartPolicy Never, exit 3: Failed with the exit code.
     apply(pod_manifest(
@@ -175,6 +194,11 @@ async fn pods_run_restart_report_and_survive_agent_and_server_kills() {
     // SIGKILL the agent and start it again: the running container is adopted, not duplicated.
     agent.kill();
     let before = agent.runc_ids();
+    let cgroups_before = flotilla_runtime::cgroup::existing(&format!("/flotilla/{uid}/main"));
+    assert!(
+        !cgroups_before.is_empty(),
+        "the running container has a cgroup"
+    );
     let mut agent = Agent::start(&servers, None, dir.path(), &registry.addr);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, st) = wait_for(
@@ -190,6 +214,11 @@ async fn pods_run_restart_report_and_survive_agent_and_server_kills() {
         agent.runc_ids(),
         before,
         "containers changed across the agent restart"
+    );
+    assert_eq!(
+        flotilla_runtime::cgroup::existing(&format!("/flotilla/{uid}/main")),
+        cgroups_before,
+        "cgroups changed across the agent restart"
     );
     assert!(
         agent.log().contains("adopted a running container"),

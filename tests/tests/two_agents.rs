@@ -1,6 +1,7 @@
 //! Proves two agents share a cluster without stepping on each other, with real processes
 //! (three servers, two `flotilla agent`s on QUIC, runc, the local registry): each pod runs on
-//! the node its `spec.nodeName` names and nowhere else, `logs` and `exec` reach both through
+//! the node its `spec.nodeName` names and nowhere else (n2's through an OCI runtime given by
+//! path), `logs` and `exec` reach both through
 //! the servers, and an image no pod uses any more is garbage-collected from the node that
 //! pulled it while an image in use stays.
 
@@ -56,13 +57,25 @@ async fn two_agents_run_their_own_pods_and_collect_unused_images() {
         &registry.addr,
         &gc,
     );
+    // n2 runs its containers through a runtime given by path (here a wrapper around runc):
+    // any runtime that honours runc's command-line contract will do.
+    let wrapper = dir.path().join("my-runtime");
+    std::fs::write(&wrapper, "#!/bin/sh\nexec runc \"$@\"\n").unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let wrapper = wrapper.display().to_string();
+    let mut n2_flags = gc.to_vec();
+    n2_flags.extend(["--runtime", wrapper.as_str()]);
     let n2 = Agent::start_with(
         "n2",
         &servers,
         Some(token.trim()),
         dir.path(),
         &registry.addr,
-        &gc,
+        &n2_flags,
     );
     let apply = |text: &str| {
         let (ok, out, err) = cli(&["--server", &servers, "apply", "-f", "-"], Some(text));

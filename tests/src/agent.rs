@@ -135,7 +135,7 @@ impl Drop for Agent {
 pub fn run(args: &[&str]) -> (Option<i32>, String, String) {
     let o = Command::new(flotilla_bin())
         .args(args)
-        .env("FLOTILLA_CONFIG", &crate::admin().1)
+        .env("FLOTILLA_CONFIG", crate::admin_config_path())
         .stdin(Stdio::null())
         .output()
         .unwrap();

@@ -116,6 +116,7 @@ impl Cluster {
     }
 
     pub fn new(opts: Opts) -> Cluster {
+        LIVE_CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = tempfile::tempdir().expect("tempdir");
         let cluster_id = test_cluster_id();
         Cluster {
@@ -387,8 +388,14 @@ impl Drop for Cluster {
         for id in ids {
             self.kill(id);
         }
+        // The last cluster of the process takes the admin config file with it.
+        if LIVE_CLUSTERS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            let _ = std::fs::remove_file(&admin().1);
+        }
     }
 }
+
+static LIVE_CLUSTERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The cluster id of every test cluster of this process: with [`TEST_SECRET`] it gives one
 /// cluster CA, so one admin certificate serves them all.
@@ -399,7 +406,8 @@ pub fn test_cluster_id() -> String {
 /// The cluster secret of test clusters.
 pub const TEST_SECRET: &str = "flotilla-test-secret-0123456789";
 
-/// Admin credentials for this process's test clusters, and a CLI config file holding them.
+/// Admin credentials for this process's test clusters, and where [`admin_config_path`] keeps
+/// a CLI config file holding them.
 pub fn admin() -> &'static (TlsFiles, PathBuf) {
     static ADMIN: std::sync::OnceLock<(TlsFiles, PathBuf)> = std::sync::OnceLock::new();
     ADMIN.get_or_init(|| {
@@ -413,19 +421,27 @@ pub fn admin() -> &'static (TlsFiles, PathBuf) {
         };
         let path =
             std::env::temp_dir().join(format!("flotilla-test-admin-{}.conf", std::process::id()));
+        (tls, path)
+    })
+}
+
+/// The admin config file, written again if the last cluster removed it.
+pub fn admin_config_path() -> &'static PathBuf {
+    let (tls, path) = admin();
+    if !path.exists() {
         let file = flotilla_client::configfile::ClientConfig {
             current_cluster: "test".into(),
             clusters: vec![flotilla_client::configfile::ClusterEntry::with_credentials(
                 "test",
                 Vec::new(),
-                &ca.cert_pem,
-                &cert.cert_pem,
-                &cert.key_pem,
+                &tls.ca_pem,
+                &tls.cert_pem,
+                &tls.key_pem,
             )],
         };
-        file.save(&path).expect("write the test admin config");
-        (tls, path)
-    })
+        file.save(path).expect("write the test admin config");
+    }
+    path
 }
 
 /// A mutual-TLS channel to one server's client API, as the admin.
@@ -524,7 +540,7 @@ pub fn cli_env(
     let mut cmd = Command::new(flotilla_bin());
     // The admin credentials, unless the test names a config of its own.
     if !args.contains(&"--config") {
-        cmd.env("FLOTILLA_CONFIG", &admin().1);
+        cmd.env("FLOTILLA_CONFIG", admin_config_path());
     }
     for v in unset {
         cmd.env_remove(v);

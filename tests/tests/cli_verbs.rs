@@ -154,7 +154,7 @@ async fn kubectl_verbs_and_config_file() {
         !ok && err.contains("no client certificate") && err.contains("admin.conf"),
         "a cluster without credentials is refused before any connection: {err}"
     );
-    std::fs::copy(&flotilla_tests::admin().1, &conf).unwrap();
+    std::fs::copy(flotilla_tests::admin_config_path(), &conf).unwrap();
     let (ok, out, err) = cli_without_env(
         &[
             "--config",

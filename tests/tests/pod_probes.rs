@@ -3,7 +3,8 @@
 //! and the pod's Ready condition both ways as the file it checks comes and goes; a failing exec
 //! liveness probe has the container restarted (restartCount goes up); HTTP and TCP probes reach
 //! a server (busybox httpd) listening inside the pod's network namespace, and an HTTP probe
-//! on a path that answers 404 keeps the pod unready.
+//! on a path that answers 404 keeps the pod unready. The agent's Events (Started, Unhealthy,
+//! Killing) show in `describe pod`.
 
 use std::time::Duration;
 
@@ -121,6 +122,32 @@ spec:
     assert_ne!(last.exit_code, 0, "{last:?}");
     // The new instance is healthy (its command made /tmp/healthy again) and not ready.
     wait_for(&mut c, "probed", "running again", &agent, running_unready).await;
+    // The node recorded what happened as Events against the pod.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, out, err) = cli(&["--server", &servers, "describe", "pod", "probed"], None);
+        assert!(ok, "{err}");
+        if [
+            "Started container main",
+            "Liveness probe failed",
+            "Readiness probe failed",
+            "Container main failed liveness probe, will be restarted",
+        ]
+        .iter()
+        .all(|m| out.contains(m))
+        {
+            assert!(
+                out.contains("Unhealthy") && out.contains("flotilla-agent"),
+                "{out}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events missing:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 
     // HTTP and TCP probes against busybox httpd inside the pod's network namespace.
     apply(&format!(

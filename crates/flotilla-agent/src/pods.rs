@@ -190,6 +190,22 @@ pub enum Report {
     Status(Object),
     /// A pod marked for deletion is stopped and cleaned up: the server may remove it.
     Finished(Object),
+    /// Something happened to a pod, for an Event.
+    Event(flotilla_api::pb::agent::PodEvent),
+}
+
+/// Queues an Event about `pod` (dropped when the queue is full: Events are best effort).
+fn event(tx: &mpsc::Sender<Report>, pod: &Object, warning: bool, reason: &str, message: String) {
+    let m = pod.meta();
+    let _ = tx.try_send(Report::Event(flotilla_api::pb::agent::PodEvent {
+        pod_name: m.name.clone(),
+        namespace: m.namespace.clone(),
+        pod_uid: m.uid.clone(),
+        r#type: if warning { "Warning" } else { "Normal" }.into(),
+        reason: reason.into(),
+        message,
+        count: 1,
+    }));
 }
 
 /// How often a stopped pod is reported again while the server still has it.
@@ -587,6 +603,15 @@ impl PodManager {
             .or(pod_spec(&run.pod).and_then(|s| s.termination_grace_period_seconds))
             .unwrap_or(30)
             .clamp(0, 3600) as u64;
+        for c in run.ctrs.iter().filter(|c| c.id.is_some()) {
+            event(
+                &self.status_tx,
+                &run.pod,
+                false,
+                "Killing",
+                format!("Stopping container {}", c.spec.name),
+            );
+        }
         let containers = self.containers.clone();
         let changed = self.changed.clone();
         let uid_owned = uid.to_string();
@@ -662,7 +687,9 @@ impl PodManager {
             .map(|s| s.restart_policy.clone())
             .unwrap_or_default();
         for i in 0..run.ctrs.len() {
+            let before = (run.ctrs[i].waiting.clone(), run.ctrs[i].id.clone());
             self.sync_container(uid, run, i, &policy).await;
+            self.container_events(run, i, before);
         }
         self.start_probes(uid, run);
         self.refresh_volumes(run).await;
@@ -818,6 +845,54 @@ impl PodManager {
         self.start_container(uid, run, i).await;
     }
 
+    /// Events for what the last sync did to container `i`: a new error (pull, config, start,
+    /// crash back-off, volume) once per change, and a start.
+    fn container_events(
+        &self,
+        run: &PodRun,
+        i: usize,
+        (waiting_before, id_before): (Option<(String, String)>, Option<String>),
+    ) {
+        let c = &run.ctrs[i];
+        let name = &c.spec.name;
+        if c.waiting != waiting_before {
+            if let Some((reason, msg)) = &c.waiting {
+                let ev = match reason.as_str() {
+                    "ErrImagePull" => Some((
+                        "Failed",
+                        format!("Failed to pull image {:?}: {msg}", c.spec.image),
+                    )),
+                    "ImagePullBackOff" => Some((
+                        "BackOff",
+                        format!("Back-off pulling image {:?}", c.spec.image),
+                    )),
+                    "CrashLoopBackOff" => Some((
+                        "BackOff",
+                        format!(
+                            "Back-off restarting failed container {name} in pod {}",
+                            run.pod.meta().name
+                        ),
+                    )),
+                    "ContainerCreating" if !msg.is_empty() => Some(("FailedMount", msg.clone())),
+                    "ContainerCreating" => None,
+                    _ => Some(("Failed", format!("Error: {msg}"))),
+                };
+                if let Some((r, m)) = ev {
+                    event(&self.status_tx, &run.pod, true, r, m);
+                }
+            }
+        }
+        if c.id.is_some() && c.id != id_before && c.waiting.is_none() && c.terminated.is_none() {
+            event(
+                &self.status_tx,
+                &run.pod,
+                false,
+                "Started",
+                format!("Started container {name}"),
+            );
+        }
+    }
+
     /// Applies finished probe attempts: readiness changes the container's Ready; a failed
     /// liveness or startup probe stops the instance, which is then restarted per the pod's
     /// restartPolicy (as the kubelet does).
@@ -831,6 +906,7 @@ impl PodManager {
                 .and_then(|s| s.termination_grace_period_seconds)
                 .unwrap_or(30);
             let pod_name = run.pod.meta().name.clone();
+            let pod = &run.pod;
             let Some(c) = run
                 .ctrs
                 .iter_mut()
@@ -844,6 +920,13 @@ impl PodManager {
             };
             if let Err(msg) = &r.outcome {
                 tracing::info!(pod = %pod_name, container = %c.spec.name, "{} probe failed: {msg}", r.kind);
+                event(
+                    &self.status_tx,
+                    pod,
+                    true,
+                    "Unhealthy",
+                    format!("{} probe failed: {msg}", r.kind.as_str()),
+                );
             }
             if let Some(v) = probes.record(r.kind, r.outcome.is_ok(), now) {
                 tracing::info!(pod = %pod_name, container = %c.spec.name, "{} probe verdict: {v}", r.kind);
@@ -860,6 +943,17 @@ impl PodManager {
                     .unwrap_or(pod_grace)
                     .clamp(0, 3600) as u64;
                 tracing::warn!(pod = %pod_name, container = %c.spec.name, "container failed its {kind} probe and will be restarted");
+                event(
+                    &self.status_tx,
+                    pod,
+                    false,
+                    "Killing",
+                    format!(
+                        "Container {} failed {} probe, will be restarted",
+                        c.spec.name,
+                        kind.as_str().to_lowercase()
+                    ),
+                );
                 let containers = self.containers.clone();
                 let id = r.container_id.clone();
                 tokio::spawn(async move {

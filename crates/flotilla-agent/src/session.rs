@@ -313,6 +313,9 @@ async fn assignments(
     }
 }
 
+/// Events sent in one status report; more in one burst are dropped (Events are best effort).
+const MAX_EVENTS_PER_REPORT: usize = 256;
+
 /// Sends pod status reports, coalesced (the latest per pod), and all latest ones again at the
 /// start of every session so nothing reported while disconnected is lost.
 async fn statuses(
@@ -343,8 +346,24 @@ async fn statuses(
         }
         let mut by_uid: BTreeMap<String, Object> = BTreeMap::new();
         let mut finished: BTreeMap<String, Object> = BTreeMap::new();
+        let mut events: Vec<flotilla_api::pb::agent::PodEvent> = Vec::new();
         for r in pending.drain(..) {
             match r {
+                Report::Event(e) => {
+                    // Repeats within one report go as one, counted.
+                    let full = events.len() >= MAX_EVENTS_PER_REPORT;
+                    let same = events.iter_mut().find(|x| {
+                        x.pod_uid == e.pod_uid
+                            && x.r#type == e.r#type
+                            && x.reason == e.reason
+                            && x.message == e.message
+                    });
+                    match same {
+                        Some(x) => x.count = x.count.saturating_add(e.count.max(1)),
+                        None if !full => events.push(e),
+                        None => {}
+                    }
+                }
                 Report::Status(o) => {
                     latest.insert(o.meta().uid.clone(), o.clone());
                     by_uid.insert(o.meta().uid.clone(), o);
@@ -360,6 +379,7 @@ async fn statuses(
             kind: Some(agent_request::Kind::PodStatus(PodStatusReport {
                 pods: by_uid.into_values().collect(),
                 finished: finished.into_values().collect(),
+                events,
             })),
         };
         if let Err(e) = flotilla_quic::write_frame(&mut send, &req).await {

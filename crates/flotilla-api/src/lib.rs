@@ -6,6 +6,7 @@
 //! Flotilla crate: everything else depends on it.
 
 pub mod error;
+pub mod events;
 pub mod keys;
 pub mod kinds;
 pub mod manifest;

@@ -276,78 +276,35 @@ impl Client {
         message: &str,
         component: &str,
     ) -> Result<Object, ApiError> {
-        use flotilla_api::pb::api::{
-            object::Body, Event, EventSource, ObjectMeta, ObjectReference,
-        };
-        let m = involved.meta();
-        // One Event per (object, type, reason, message) series; the name says which.
-        let series = format!(
-            "{}/{}/{}/{}/{event_type}/{reason}/{message}",
-            involved.kind, m.namespace, m.name, m.uid
-        );
-        let name = format!("{}.{:016x}", m.name, fnv1a64(series.as_bytes()));
-        let namespace = if m.namespace.is_empty() {
-            "default".to_string()
-        } else {
-            m.namespace.clone()
-        };
+        use flotilla_api::events;
         let now = flotilla_api::manifest::format_timestamp_ms(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0),
         );
-        let key = ObjectKey {
-            kind: "Event".into(),
-            namespace: namespace.clone(),
-            name: name.clone(),
+        let by = events::Reporter {
+            component,
+            host: "",
         };
+        let first = events::new_event(
+            events::reference(involved),
+            event_type,
+            reason,
+            message,
+            &by,
+            &now,
+        );
+        let key = first.key();
+        let name = key.name.clone();
         for _ in 0..APPLY_CONFLICT_RETRIES {
             match self.get(key.clone(), false).await {
-                Ok((mut ev, _)) => {
-                    if let Some(Body::Event(e)) = &mut ev.body {
-                        e.count = e.count.saturating_add(1);
-                        e.last_timestamp = now.clone();
-                    }
-                    match self.update(ev).await {
-                        Err(e) if e.code() == ErrorCode::Conflict => continue,
-                        other => return other,
-                    }
-                }
+                Ok((ev, _)) => match self.update(events::repeat(ev, 1, &now)).await {
+                    Err(e) if e.code() == ErrorCode::Conflict => continue,
+                    other => return other,
+                },
                 Err(e) if e.code() == ErrorCode::NotFound => {
-                    let ev = Object {
-                        api_version: "v1".into(),
-                        kind: "Event".into(),
-                        metadata: Some(ObjectMeta {
-                            name: name.clone(),
-                            namespace: namespace.clone(),
-                            ..Default::default()
-                        }),
-                        body: Some(Body::Event(Event {
-                            involved_object: Some(ObjectReference {
-                                kind: involved.kind.clone(),
-                                namespace: m.namespace.clone(),
-                                name: m.name.clone(),
-                                uid: m.uid.clone(),
-                                api_version: involved.api_version.clone(),
-                                resource_version: m.resource_version.to_string(),
-                                field_path: String::new(),
-                            }),
-                            reason: reason.into(),
-                            message: message.into(),
-                            source: Some(EventSource {
-                                component: component.into(),
-                                host: String::new(),
-                            }),
-                            first_timestamp: now.clone(),
-                            last_timestamp: now.clone(),
-                            count: 1,
-                            r#type: event_type.into(),
-                            reporting_component: component.into(),
-                            reporting_instance: String::new(),
-                        })),
-                    };
-                    match self.create(ev).await {
+                    match self.create(first.clone()).await {
                         Err(e) if e.code() == ErrorCode::AlreadyExists => continue,
                         other => return other,
                     }
@@ -655,11 +612,4 @@ impl Client {
             .await?;
         Ok(r.into_inner().last_included_index)
     }
-}
-
-/// FNV-1a, 64 bit: a stable short name for an event series (not for security).
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }

@@ -40,6 +40,8 @@ const NODE_LEASE_DURATION_S: i32 = 40;
 const ASSIGNMENT_CHUNK_PODS: usize = 200;
 /// Time to wait for the first frame of a stream.
 const FIRST_FRAME_MS: u64 = 10_000;
+/// Events taken from one status report (the agent caps them too).
+const MAX_EVENTS_PER_REPORT: usize = 256;
 /// Keys in one GetObjects request.
 const MAX_OBJECT_KEYS: usize = 256;
 
@@ -654,6 +656,7 @@ impl Dispatcher {
                 })),
             });
         }
+        writes.extend(self.event_writes(node, report.events));
         let mut written = 0u32;
         for chunk in writes.chunks(self.node.limits.max_batch_writes.max(1)) {
             let r = self
@@ -676,6 +679,65 @@ impl Dispatcher {
                 .count() as u32;
         }
         Ok(written)
+    }
+
+    /// Events from the node about pods bound to it, as writes: a new series is created, a
+    /// known one (read from this server's state) gets its count raised. A write that loses a
+    /// race (already exists, changed meanwhile) is dropped: Events are best effort, as in
+    /// Kubernetes.
+    fn event_writes(
+        &self,
+        node: &str,
+        events: Vec<flotilla_api::pb::agent::PodEvent>,
+    ) -> Vec<Write> {
+        use flotilla_api::events;
+        let now = flotilla_api::manifest::format_timestamp_ms(crate::now_ms());
+        let by = events::Reporter {
+            component: "flotilla-agent",
+            host: node,
+        };
+        let mut series: std::collections::BTreeMap<String, (Object, i32)> = Default::default();
+        for ev in events.into_iter().take(MAX_EVENTS_PER_REPORT) {
+            let key = ObjectKey {
+                kind: "Pod".into(),
+                namespace: ev.namespace.clone(),
+                name: ev.pod_name.clone(),
+            };
+            let Some(pod) = self.node.reader.get(&key).ok().and_then(|(o, _)| o) else {
+                continue;
+            };
+            let bound = match &pod.body {
+                Some(Body::Pod(p)) => p.spec.as_ref().is_some_and(|s| s.node_name == node),
+                _ => false,
+            };
+            if !bound || pod.meta().uid != ev.pod_uid {
+                continue;
+            }
+            let first = events::new_event(
+                events::reference(&pod),
+                &ev.r#type,
+                &ev.reason,
+                &ev.message,
+                &by,
+                &now,
+            );
+            let entry = series
+                .entry(first.meta().name.clone())
+                .or_insert((first, 0));
+            entry.1 = entry.1.saturating_add(ev.count.max(1));
+        }
+        series
+            .into_values()
+            .map(|(first, count)| {
+                let existing = self.node.reader.get(&first.key()).ok().and_then(|(o, _)| o);
+                let op = match existing {
+                    Some(e) => Op::Update(events::repeat(e, count, &now)),
+                    None if count > 1 => Op::Create(events::repeat(first, count - 1, &now)),
+                    None => Op::Create(first),
+                };
+                Write { op: Some(op) }
+            })
+            .collect()
     }
 
     fn heard(&self, name: &str) {

@@ -154,6 +154,7 @@ async fn watch_from_revision_on_follower_across_leader_kill() {
                 &format!("c{i}"),
                 &[],
             ))),
+            fence: None,
         })
         .collect();
     for chunk in batch.chunks(1) {

@@ -63,6 +63,7 @@ async fn coalesced_writes_keep_one_version_per_revision() {
     // One batch may not write an object twice.
     let w = |name: &str| Write {
         op: Some(Op::Create(configmap(name, &[]))),
+        fence: None,
     };
     let e = c.batch(vec![w("x"), w("y"), w("x")]).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::InvalidArgument);

@@ -64,6 +64,7 @@ impl ApiError {
             ErrorCode::Timeout => tonic::Code::DeadlineExceeded,
             ErrorCode::Forbidden => tonic::Code::PermissionDenied,
             ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
+            ErrorCode::Fenced => tonic::Code::FailedPrecondition,
             ErrorCode::Internal | ErrorCode::Unspecified => tonic::Code::Internal,
         }
     }

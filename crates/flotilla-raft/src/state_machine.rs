@@ -736,7 +736,13 @@ mod tests {
             log_id: LogId::new(crate::types::LeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(crate::types::EncodedCommand::encode(&pb::Command {
                 timestamp_ms: 1,
-                writes: ops.into_iter().map(|op| Write { op: Some(op) }).collect(),
+                writes: ops
+                    .into_iter()
+                    .map(|op| Write {
+                        op: Some(op),
+                        fence: None,
+                    })
+                    .collect(),
             })),
         }
     }

@@ -235,7 +235,22 @@ impl ObjectApi {
             match self.proposer.submit(writes.clone(), was_forwarded).await {
                 Err(e) if e.code() == ErrorCode::NotLeader && !was_forwarded => last = Some(e),
                 Err(e) => return Err(e),
-                Ok((results, revision)) => return Ok((CommandResult { results }, revision)),
+                Ok((results, revision)) => {
+                    // Counted where the request entered, so each refusal counts once.
+                    if !was_forwarded {
+                        let fenced = results
+                            .iter()
+                            .filter(|r| {
+                                matches!(&r.result, Some(write_result::Result::Error(e))
+                                    if e.code == ErrorCode::Fenced as i32)
+                            })
+                            .count();
+                        if fenced > 0 {
+                            self.node.metrics.fenced_writes.inc_by(fenced as u64);
+                        }
+                    }
+                    return Ok((CommandResult { results }, revision));
+                }
             }
         }
         Err(last.unwrap_or_else(|| ApiError::unavailable("no leader")))
@@ -303,7 +318,10 @@ fn required_object(o: Option<Object>) -> Result<Object, ApiError> {
 }
 
 fn write(op: Op) -> Write {
-    Write { op: Some(op) }
+    Write {
+        op: Some(op),
+        fence: None,
+    }
 }
 
 #[tonic::async_trait]

@@ -628,6 +628,7 @@ impl Dispatcher {
             }
             writes.push(Write {
                 op: Some(Op::UpdateStatus(pod)),
+                fence: None,
             });
         }
         // Pods the node has stopped after their deletion began: removed now (the same pod
@@ -654,6 +655,7 @@ impl Dispatcher {
                     expected_uid: Some(stored.meta().uid.clone()),
                     grace_period_seconds: Some(0),
                 })),
+                fence: None,
             });
         }
         writes.extend(self.event_writes(node, report.events));
@@ -735,7 +737,10 @@ impl Dispatcher {
                     None if count > 1 => Op::Create(events::repeat(first, count - 1, &now)),
                     None => Op::Create(first),
                 };
-                Write { op: Some(op) }
+                Write {
+                    op: Some(op),
+                    fence: None,
+                }
             })
             .collect()
     }
@@ -802,6 +807,7 @@ impl Dispatcher {
         let lease = node_lease(&name, &self.node.api_addr, crate::now_ms());
         let mut writes = vec![Write {
             op: Some(Op::Update(lease.clone())),
+            fence: None,
         }];
         // A create stores no status (the status subresource rule): a new Node gets it in a
         // second write.
@@ -812,6 +818,7 @@ impl Dispatcher {
                 status_write = Some(obj.clone());
                 writes.push(Write {
                     op: Some(Op::Create(obj)),
+                    fence: None,
                 });
             }
             Some(stored) => {
@@ -819,6 +826,7 @@ impl Dispatcher {
                 obj.meta_mut().resource_version = 0;
                 writes.push(Write {
                     op: Some(Op::UpdateStatus(obj)),
+                    fence: None,
                 });
             }
         }
@@ -841,6 +849,7 @@ impl Dispatcher {
                     .batch(tonic::Request::new(BatchRequest {
                         writes: vec![Write {
                             op: Some(Op::Create(lease)),
+                            fence: None,
                         }],
                     }))
                     .await
@@ -855,6 +864,7 @@ impl Dispatcher {
                 .batch(tonic::Request::new(BatchRequest {
                     writes: vec![Write {
                         op: Some(Op::UpdateStatus(obj)),
+                        fence: None,
                     }],
                 }))
                 .await
@@ -891,6 +901,7 @@ async fn lease_batches(d: Arc<Dispatcher>) {
                 .iter()
                 .map(|(name, at)| Write {
                     op: Some(Op::Update(node_lease(name, &d.node.api_addr, *at))),
+                    fence: None,
                 })
                 .collect();
             if let Err(s) = d

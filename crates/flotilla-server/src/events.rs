@@ -35,6 +35,7 @@ pub fn expired(events: &[Object], now_ms: i64, ttl_ms: u64) -> Vec<Write> {
                 expected_uid: None,
                 grace_period_seconds: None,
             })),
+            fence: None,
         })
         .collect()
 }

@@ -141,6 +141,7 @@ async fn bootstrap(node: &Node, api: &ObjectApi) -> Result<(), String> {
         }) {
             writes.push(Write {
                 op: Some(Op::Create(namespace(ns))),
+                fence: None,
             });
         }
     }
@@ -148,6 +149,7 @@ async fn bootstrap(node: &Node, api: &ObjectApi) -> Result<(), String> {
     let ca = node.tls.ca.clone();
     writes.push(Write {
         op: Some(Op::Create(ca_secret(&ca))),
+        fence: None,
     });
     let resp = api
         .batch(tonic::Request::new(BatchRequest { writes }))

@@ -10,6 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -33,6 +34,8 @@ pub struct Metrics {
     pub write_latency: Histogram,
     /// Writes per proposal (one Raft entry, or one forwarded batch) after coalescing.
     pub proposal_batch_writes: Histogram,
+    /// Writes refused because the lease epoch they carried was no longer current.
+    pub fenced_writes: Counter,
 }
 
 impl Default for Metrics {
@@ -58,8 +61,14 @@ impl Metrics {
             watchers: Gauge::default(),
             write_latency: Histogram::new(exponential_buckets(0.0002, 2.0, 18)),
             proposal_batch_writes: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            fenced_writes: Counter::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "fenced_writes",
+            "Writes refused because their lease epoch was stale (a deposed leader's writes)",
+            m.fenced_writes.clone(),
+        );
         registry.register("raft_term", "Current Raft term", m.term.clone());
         registry.register(
             "raft_commit_index",

@@ -352,6 +352,7 @@ mod tests {
                     ConfigMap::default(),
                 )),
             })),
+            fence: None,
         }
     }
 

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use flotilla_api::pb::api::{
-    object::Body, write::Op, write_result, ApiError, DeleteRequest, ErrorCode, EventType, Object,
-    WatchEvent, WriteResult,
+    object::Body, write::Op, write_result, ApiError, DeleteRequest, ErrorCode, EventType, Fence,
+    Object, WatchEvent, WriteResult,
 };
 use flotilla_api::pb::raft::Command;
 use flotilla_api::{keys, validation};
@@ -68,7 +68,23 @@ pub fn apply_command<T: ObjectTable>(
     cmd: &Command,
 ) -> Result<Applied, T::Error> {
     let mut out = Applied::default();
+    // The verdict on the current run of writes that carry the same fence.
+    let mut fenced: Option<(&Fence, Result<(), ApiError>)> = None;
     for (position, w) in cmd.writes.iter().enumerate() {
+        match &w.fence {
+            None => fenced = None,
+            Some(f) => {
+                if fenced.as_ref().is_none_or(|(g, _)| *g != f) {
+                    fenced = Some((f, check_fence(table, f)?));
+                }
+                if let Some((_, Err(e))) = &fenced {
+                    out.results.push(WriteResult {
+                        result: Some(write_result::Result::Error(e.clone())),
+                    });
+                    continue;
+                }
+            }
+        }
         let r = match &w.op {
             Some(Op::Create(o)) => create(
                 table,
@@ -94,6 +110,40 @@ pub fn apply_command<T: ObjectTable>(
 }
 
 type WriteOutcome<E> = Result<Result<Object, ApiError>, E>;
+
+/// Whether `f`'s lease is still at `f.epoch` (its leaseTransitions): only the current holder's
+/// writes apply, whatever the clocks of the servers say.
+fn check_fence<T: ObjectTable>(table: &T, f: &Fence) -> Result<Result<(), ApiError>, T::Error> {
+    let key = keys::object_key(&flotilla_api::pb::api::ObjectKey {
+        kind: "Lease".into(),
+        namespace: f.lease_namespace.clone(),
+        name: f.lease_name.clone(),
+    });
+    let fenced = |why: String| {
+        Ok(Err(ApiError::new(
+            ErrorCode::Fenced,
+            format!(
+                "write fenced: lease {}/{} {why}; the write carries epoch {}",
+                f.lease_namespace, f.lease_name, f.epoch
+            ),
+        )))
+    };
+    let Some(lease) = table.get(&key)? else {
+        return fenced("does not exist".into());
+    };
+    let spec = match &lease.body {
+        Some(flotilla_api::pb::api::object::Body::Lease(l)) => l.spec.clone().unwrap_or_default(),
+        _ => return fenced("is not a Lease".into()),
+    };
+    let epoch = i64::from(spec.lease_transitions.unwrap_or(0));
+    if epoch != f.epoch {
+        return fenced(format!(
+            "is at epoch {epoch}, held by {:?}",
+            spec.holder_identity.unwrap_or_default()
+        ));
+    }
+    Ok(Ok(()))
+}
 
 fn event(events: &mut Vec<WatchEvent>, t: EventType, object: &Object, revision: u64) {
     events.push(WatchEvent {
@@ -562,7 +612,10 @@ mod tests {
             timestamp_ms: 1000,
             writes: writes
                 .into_iter()
-                .map(|op| Write { op: Some(op) })
+                .map(|op| Write {
+                    op: Some(op),
+                    fence: None,
+                })
                 .collect(),
         }
     }
@@ -801,6 +854,110 @@ mod tests {
             .events
             .iter()
             .all(|e| e.r#type == EventType::Deleted as i32));
+    }
+
+    #[test]
+    fn fenced_writes_apply_only_at_the_current_epoch() {
+        use flotilla_api::pb::api::{Lease, LeaseSpec, Write};
+        let lease = |holder: &str, epoch: i32| {
+            let mut o = cm("scheduler", &[]);
+            o.kind = "Lease".into();
+            o.api_version = "coordination.k8s.io/v1".into();
+            o.body = Some(Body::Lease(Lease {
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(holder.into()),
+                    lease_duration_seconds: Some(10),
+                    lease_transitions: Some(epoch),
+                    ..Default::default()
+                }),
+            }));
+            o
+        };
+        let fence = |epoch: i64| Fence {
+            lease_namespace: "default".into(),
+            lease_name: "scheduler".into(),
+            epoch,
+        };
+        let fenced = |op: Op, epoch: i64| Write {
+            op: Some(op),
+            fence: Some(fence(epoch)),
+        };
+        let mut t = BTreeMap::new();
+        // No lease yet: every fenced write fails.
+        let r = apply_command(
+            &mut t,
+            1,
+            &Command {
+                timestamp_ms: 1000,
+                writes: vec![fenced(Op::Create(cm("early", &[])), 0)],
+            },
+        )
+        .unwrap();
+        assert_eq!(err(&r.results[0]), ErrorCode::Fenced);
+        apply_command(&mut t, 2, &cmd(vec![Op::Create(lease("server-1", 1))])).unwrap();
+        // Epoch 1 holds; an old epoch's run fails whole, and an unfenced write beside it applies.
+        let r = apply_command(
+            &mut t,
+            3,
+            &Command {
+                timestamp_ms: 1000,
+                writes: vec![
+                    fenced(Op::Create(cm("a", &[])), 1),
+                    fenced(Op::Create(cm("b", &[])), 1),
+                    fenced(Op::Create(cm("stale-1", &[])), 0),
+                    fenced(Op::Create(cm("stale-2", &[])), 0),
+                    Write {
+                        op: Some(Op::Create(cm("plain", &[]))),
+                        fence: None,
+                    },
+                ],
+            },
+        )
+        .unwrap();
+        ok(&r.results[0]);
+        ok(&r.results[1]);
+        assert_eq!(err(&r.results[2]), ErrorCode::Fenced);
+        assert_eq!(err(&r.results[3]), ErrorCode::Fenced);
+        ok(&r.results[4]);
+        let msg = match &r.results[2].result {
+            Some(write_result::Result::Error(e)) => e.message.clone(),
+            _ => String::new(),
+        };
+        assert!(
+            msg.contains("epoch 1, held by \"server-1\"") && msg.contains("carries epoch 0"),
+            "{msg}"
+        );
+        // Another server takes the lease (epoch 2): the deposed holder's epoch-1 writes fail,
+        // even in the same command right after the takeover.
+        let mut taken = t
+            .get(&keys::object_key(&ObjectKey {
+                kind: "Lease".into(),
+                namespace: "default".into(),
+                name: "scheduler".into(),
+            }))
+            .unwrap()
+            .clone();
+        taken.body = lease("server-2", 2).body;
+        let r = apply_command(
+            &mut t,
+            4,
+            &Command {
+                timestamp_ms: 1000,
+                writes: vec![
+                    Write {
+                        op: Some(Op::Update(taken)),
+                        fence: None,
+                    },
+                    fenced(Op::Create(cm("late", &[])), 1),
+                    fenced(Op::Create(cm("new-leader", &[])), 2),
+                ],
+            },
+        )
+        .unwrap();
+        ok(&r.results[0]);
+        assert_eq!(err(&r.results[1]), ErrorCode::Fenced);
+        ok(&r.results[2]);
+        assert!(!t.contains_key(&keys::object_key(&key("late"))));
     }
 
     #[test]

@@ -102,6 +102,10 @@ pub struct Limits {
     pub node_cert_days: i64,
     /// Agent QUIC connections served at once by one server.
     pub max_agent_connections: usize,
+    /// Duration of the scheduler's and controller-manager's Leases (Kubernetes: 15 s).
+    pub role_lease_duration_ms: u64,
+    /// How often each server reads, renews or tries to take the role Leases (Kubernetes: 2 s).
+    pub role_retry_ms: u64,
 }
 
 impl Default for Limits {
@@ -127,6 +131,8 @@ impl Default for Limits {
             node_lease_batch_ms: 1000,
             node_cert_days: 365,
             max_agent_connections: 10_000,
+            role_lease_duration_ms: 15_000,
+            role_retry_ms: 2_000,
         }
     }
 }

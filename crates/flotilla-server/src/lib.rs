@@ -9,6 +9,7 @@ pub mod admin;
 pub mod api;
 pub mod config;
 pub mod dispatcher;
+pub mod election;
 pub mod events;
 pub mod identity;
 pub mod metrics;

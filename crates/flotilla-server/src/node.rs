@@ -161,6 +161,8 @@ impl Node {
 /// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
 pub struct ServerHandle {
     pub node: Arc<Node>,
+    /// Which roles this server holds, at which epoch.
+    pub elections: crate::election::Elections,
     tasks: TaskTracker,
 }
 
@@ -329,6 +331,7 @@ pub async fn start(config: ServerConfig, data_dir: PathBuf) -> Result<ServerHand
     crate::events::start(node.clone(), proposer.clone(), &tasks);
     let internal_api = Arc::new(crate::api::ObjectApi::new(node.clone(), proposer.clone()));
     crate::identity::start(node.clone(), internal_api.clone(), &tasks);
+    let elections = crate::election::start(node.clone(), internal_api.clone(), &tasks);
     let internal_pods_api = internal_api.clone();
     crate::dispatcher::start(node.clone(), internal_api, agent_endpoint, &tasks);
     let object_svc = ObjectServiceServer::new(crate::api::ObjectApi::new(node.clone(), proposer))
@@ -390,7 +393,11 @@ pub async fn start(config: ServerConfig, data_dir: PathBuf) -> Result<ServerHand
         }
     }
     tracing::info!(node = config.node_id, api = %config.api_addr, raft = %config.raft_addr, data = %data_dir.display(), "server started");
-    Ok(ServerHandle { node, tasks })
+    Ok(ServerHandle {
+        node,
+        elections,
+        tasks,
+    })
 }
 
 /// Accepted connections with Nagle's algorithm off: small RPCs must not wait for delayed ACKs.

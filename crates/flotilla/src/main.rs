@@ -28,8 +28,8 @@ struct Cli {
     #[arg(long, global = true, env = "FLOTILLA_SERVER", value_delimiter = ',')]
     server: Vec<String>,
     /// The CLI config file (named clusters, their credentials, the current one); default
-    /// ~/.flotilla/config, else ./data/local-three/server-1/admin.conf when that exists (the
-    /// local three-server cluster's admin config).
+    /// ~/.flotilla/config, else the admin.conf a local cluster-configs server wrote under
+    /// ./data/local-three or ./data/local-five.
     #[arg(long = "config", env = "FLOTILLA_CONFIG")]
     config: Option<PathBuf>,
     /// Per-request timeout in seconds.
@@ -173,9 +173,16 @@ enum ConfigCommand {
 
 /// Which servers the CLI talks to: --server / FLOTILLA_SERVER, else the config file's current
 /// cluster, else the local three-node cluster.
-/// The admin config the first server of `cluster-configs/three-node` writes, used when there
-/// is no ~/.flotilla/config, so the local cluster works with no setup.
-const LOCAL_ADMIN_CONF: &str = "data/local-three/server-1/admin.conf";
+/// The admin config a server of `cluster-configs/three-node` or `five-node` wrote (the first
+/// that exists under the current directory), used when there is no ~/.flotilla/config, so the
+/// local clusters work with no setup.
+fn local_admin_conf() -> Option<PathBuf> {
+    ["local-three", "local-five"]
+        .iter()
+        .flat_map(|c| (1..=5).map(move |i| format!("data/{c}/server-{i}/admin.conf")))
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
 
 fn resolve_servers(flag: Vec<String>, config: &clientconfig::ClientConfig) -> Vec<String> {
     if !flag.is_empty() {
@@ -285,10 +292,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(p) => (p.clone(), !creating),
         None => {
             let home = clientconfig::default_path();
-            let local = PathBuf::from(LOCAL_ADMIN_CONF);
-            match home {
-                Some(p) if p.exists() || creating || !local.exists() => (p, false),
-                _ if local.exists() => (local, false),
+            match (home, local_admin_conf()) {
+                (Some(p), local) if p.exists() || creating || local.is_none() => (p, false),
+                (_, Some(local)) => (local, false),
                 _ => (PathBuf::from(".flotilla-config"), false),
             }
         }

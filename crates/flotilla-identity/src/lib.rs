@@ -1,6 +1,6 @@
-//! Cluster identity: the cluster CA (created once, when the cluster is bootstrapped, and kept
-//! in the replicated store), the certificates it issues to servers, agents and the CLI, the
-//! join tokens that pin the CA's hash (as kubeadm, k3s and Swarm do), and the rustls
+//! Cluster identity: the cluster CA (derived from the cluster's id and secret, the same on
+//! every server, and kept in the replicated store), the certificates it issues to servers,
+//! agents and the CLI, the join tokens that pin the CA's hash (as kubeadm, k3s and Swarm do), and the rustls
 //! configurations built from them.
 //!
 //! It must never do network or file I/O or read the store: callers hand it PEM text and get
@@ -24,7 +24,6 @@ pub const SERVER_NAME: &str = "flotilla-server";
 pub const NODE_CN_PREFIX: &str = "system:node:";
 pub const ADMIN_CN: &str = "flotilla-admin";
 
-const CA_VALIDITY_DAYS: i64 = 3650;
 /// The shortest cluster secret accepted (`openssl rand -hex 32` gives 64).
 pub const MIN_SECRET_BYTES: usize = 16;
 const TOKEN_PREFIX: &str = "FLT1";
@@ -61,27 +60,6 @@ fn validity(params: &mut CertificateParams, days: i64) {
     // A little slack for clocks that are behind the issuer's.
     params.not_before = now - time::Duration::minutes(5);
     params.not_after = now + time::Duration::days(days);
-}
-
-/// A new self-signed cluster CA.
-pub fn generate_ca(cluster_id: &str) -> Result<CertKey> {
-    let key = KeyPair::generate().map_err(gen)?;
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen)?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("flotilla-ca@{cluster_id}"));
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    validity(&mut params, CA_VALIDITY_DAYS);
-    let cert = params.self_signed(&key).map_err(gen)?;
-    Ok(CertKey {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
 }
 
 /// The cluster CA derived from the cluster's id and secret: every server of the cluster
@@ -501,7 +479,7 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_malformed_ones_are_named() {
-        let ca = generate_ca("t").unwrap();
+        let ca = derive_ca("t", "0123456789abcdef-t").unwrap();
         let hash = ca_hash(&ca.cert_pem).unwrap();
         let t = JoinToken::generate(&hash);
         assert_eq!(JoinToken::parse(&t.to_string()).unwrap(), t);
@@ -542,7 +520,7 @@ mod tests {
 
     #[test]
     fn csr_is_signed_with_the_name_the_server_chooses() {
-        let ca = generate_ca("t").unwrap();
+        let ca = derive_ca("t", "0123456789abcdef-t").unwrap();
         let (csr, _key) = new_csr("system:node:evil").unwrap();
         let cert = sign_csr(&ca, &csr, "system:node:n1", 30).unwrap();
         let der = first_cert_der(&cert, "c").unwrap();

@@ -369,6 +369,15 @@ impl Cluster {
         )
     }
 
+    /// One metric summed over every running server.
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        let mut sum = 0.0;
+        for id in self.running() {
+            sum += self.metric(id, name).await.unwrap_or(0.0);
+        }
+        sum
+    }
+
     /// One gauge from a server's metrics.
     pub async fn metric(&self, id: u64, name: &str) -> Option<f64> {
         let text = self.metrics_text(id).await;

@@ -137,6 +137,7 @@ impl ClusterApi {
             leader_id: self.node.id,
             members,
             cluster_id: self.node.cluster_id.clone(),
+            roles: crate::election::holders(&self.node),
         }
     }
 
@@ -250,6 +251,7 @@ impl ClusterService for ClusterApi {
             leader_id: self.node.leader().map(|(id, _)| id).unwrap_or(0),
             members: vec![local],
             cluster_id: self.node.cluster_id.clone(),
+            roles: crate::election::holders(&self.node),
         }))
     }
 

@@ -127,9 +127,21 @@ impl ObjectApi {
                     "kind and name must be set",
                 )),
             },
+            Some(Op::Bind(b)) => {
+                if b.name.is_empty() || b.node_name.is_empty() {
+                    return Err(ApiError::invalid(
+                        at("bind"),
+                        "name and nodeName must be set",
+                    ));
+                }
+                if b.namespace.is_empty() {
+                    b.namespace = "default".into();
+                }
+                Ok(())
+            }
             None => Err(ApiError::invalid(
                 at("op"),
-                "a write must be a create, update or delete",
+                "a write must be a create, update, delete or bind",
             )),
         }
     }

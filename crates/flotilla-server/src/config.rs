@@ -106,6 +106,9 @@ pub struct Limits {
     pub role_lease_duration_ms: u64,
     /// How often each server reads, renews or tries to take the role Leases (Kubernetes: 2 s).
     pub role_retry_ms: u64,
+    /// How often the scheduler tries again the pods that fit nowhere, even if nothing it
+    /// watches changed (kube-scheduler flushes its unschedulable queue every 60 s).
+    pub unschedulable_retry_ms: u64,
 }
 
 impl Default for Limits {
@@ -133,6 +136,7 @@ impl Default for Limits {
             max_agent_connections: 10_000,
             role_lease_duration_ms: 15_000,
             role_retry_ms: 2_000,
+            unschedulable_retry_ms: 30_000,
         }
     }
 }

@@ -82,6 +82,32 @@ fn lease_key(role: &str) -> ObjectKey {
     }
 }
 
+/// Who holds each role, from this server's state.
+pub fn holders(node: &Node) -> Vec<flotilla_api::pb::admin::RoleHolder> {
+    let now = crate::now_ms();
+    ROLES
+        .iter()
+        .map(|role| {
+            let lease = node.reader.get(&lease_key(role)).ok().and_then(|(o, _)| o);
+            let spec = match lease.as_ref().and_then(|o| o.body.as_ref()) {
+                Some(Body::Lease(l)) => l.spec.clone().unwrap_or_default(),
+                _ => LeaseSpec::default(),
+            };
+            let duration_s = spec.lease_duration_seconds.unwrap_or(0);
+            let renewed = time_ms(&spec.renew_time).unwrap_or(0);
+            flotilla_api::pb::admin::RoleHolder {
+                role: role.to_string(),
+                holder: spec.holder_identity.clone().unwrap_or_default(),
+                epoch: i64::from(spec.lease_transitions.unwrap_or(0)),
+                renew_time: spec.renew_time.clone().unwrap_or_default(),
+                lease_duration_seconds: duration_s,
+                expired: lease.is_some()
+                    && now > renewed.saturating_add(i64::from(duration_s.max(0)) * 1000),
+            }
+        })
+        .collect()
+}
+
 /// The fence a holder of `role` at `epoch` puts on its writes.
 pub fn fence(role: &str, epoch: i64) -> Fence {
     Fence {

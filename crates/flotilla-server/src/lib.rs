@@ -12,10 +12,12 @@ pub mod dispatcher;
 pub mod election;
 pub mod events;
 pub mod identity;
+pub mod informer;
 pub mod metrics;
 pub mod node;
 pub mod pods;
 pub mod proposer;
+pub mod scheduling;
 pub mod tls;
 pub mod watch;
 

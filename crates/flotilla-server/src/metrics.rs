@@ -36,6 +36,8 @@ pub struct Metrics {
     pub proposal_batch_writes: Histogram,
     /// Writes refused because the lease epoch they carried was no longer current.
     pub fenced_writes: Counter,
+    /// Pods this server's scheduler bound (acknowledged bindings).
+    pub pods_bound: Counter,
 }
 
 impl Default for Metrics {
@@ -62,12 +64,18 @@ impl Metrics {
             write_latency: Histogram::new(exponential_buckets(0.0002, 2.0, 18)),
             proposal_batch_writes: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             fenced_writes: Counter::default(),
+            pods_bound: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
             "fenced_writes",
             "Writes refused because their lease epoch was stale (a deposed leader's writes)",
             m.fenced_writes.clone(),
+        );
+        registry.register(
+            "scheduler_pods_bound",
+            "Pods bound to a node by this server's scheduler",
+            m.pods_bound.clone(),
         );
         registry.register("raft_term", "Current Raft term", m.term.clone());
         registry.register(

@@ -332,6 +332,12 @@ pub async fn start(config: ServerConfig, data_dir: PathBuf) -> Result<ServerHand
     let internal_api = Arc::new(crate::api::ObjectApi::new(node.clone(), proposer.clone()));
     crate::identity::start(node.clone(), internal_api.clone(), &tasks);
     let elections = crate::election::start(node.clone(), internal_api.clone(), &tasks);
+    crate::scheduling::start(
+        node.clone(),
+        internal_api.clone(),
+        elections.clone(),
+        &tasks,
+    );
     let internal_pods_api = internal_api.clone();
     crate::dispatcher::start(node.clone(), internal_api, agent_endpoint, &tasks);
     let object_svc = ObjectServiceServer::new(crate::api::ObjectApi::new(node.clone(), proposer))

@@ -49,6 +49,13 @@ pub fn write_key(w: &Write) -> Option<String> {
             Some(flotilla_api::keys::object_key(&o.key()))
         }
         Op::Delete(d) => d.key.as_ref().map(flotilla_api::keys::object_key),
+        Op::Bind(b) => Some(flotilla_api::keys::object_key(
+            &flotilla_api::pb::api::ObjectKey {
+                kind: "Pod".into(),
+                namespace: b.namespace.clone(),
+                name: b.name.clone(),
+            },
+        )),
     }
 }
 

@@ -97,6 +97,7 @@ pub fn apply_command<T: ObjectTable>(
             Some(Op::Update(o)) => update(table, revision, cmd.timestamp_ms, o, &mut out.events)?,
             Some(Op::UpdateStatus(o)) => update_status(table, revision, o, &mut out.events)?,
             Some(Op::Delete(d)) => delete(table, revision, cmd.timestamp_ms, d, &mut out.events)?,
+            Some(Op::Bind(b)) => bind(table, revision, cmd.timestamp_ms, b, &mut out.events)?,
             None => Err(ApiError::invalid("writes[].op", "empty write")),
         };
         out.results.push(WriteResult {
@@ -226,6 +227,24 @@ fn update<T: ObjectTable>(
             )));
         }
     }
+    if let (Some(Body::Pod(old)), Some(Body::Pod(new))) = (&stored.body, &obj.body) {
+        let was = old
+            .spec
+            .as_ref()
+            .map(|s| s.node_name.as_str())
+            .unwrap_or("");
+        let now = new
+            .spec
+            .as_ref()
+            .map(|s| s.node_name.as_str())
+            .unwrap_or("");
+        if !was.is_empty() && was != now {
+            return Ok(Err(ApiError::invalid(
+                "spec.nodeName",
+                format!("{key} is bound to node {was:?}; a bound pod never moves (delete it and create another)"),
+            )));
+        }
+    }
     // The status subresource: a write of the object never changes its status.
     let mut o = obj.clone();
     flotilla_api::kinds::keep_status(&mut o.body, &stored.body);
@@ -321,6 +340,65 @@ fn update_status<T: ObjectTable>(
     if o.body == stored.body {
         return Ok(Ok(stored));
     }
+    o.meta_mut().resource_version = revision;
+    table.put(&k, &o)?;
+    event(events, EventType::Modified, &o, revision);
+    Ok(Ok(o))
+}
+
+/// Kubernetes' pods/binding: the one way an unbound pod gets its node, never a second time.
+fn bind<T: ObjectTable>(
+    table: &mut T,
+    revision: u64,
+    now_ms: i64,
+    b: &flotilla_api::pb::api::Binding,
+    events: &mut Vec<WatchEvent>,
+) -> WriteOutcome<T::Error> {
+    let key = flotilla_api::pb::api::ObjectKey {
+        kind: "Pod".into(),
+        namespace: b.namespace.clone(),
+        name: b.name.clone(),
+    };
+    if b.node_name.is_empty() {
+        return Ok(Err(ApiError::invalid("bind.nodeName", "must be set")));
+    }
+    let k = keys::object_key(&key);
+    let Some(mut o) = table.get(&k)? else {
+        return Ok(Err(ApiError::not_found(&key)));
+    };
+    let conflict = |why: String| {
+        Ok(Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("{key}: {why}"),
+        )))
+    };
+    if !b.uid.is_empty() && b.uid != o.meta().uid {
+        return conflict(format!(
+            "uid is {}, the binding is for {}",
+            o.meta().uid,
+            b.uid
+        ));
+    }
+    if o.meta().deletion_timestamp_ms.is_some() {
+        return conflict("is being deleted".into());
+    }
+    let Some(Body::Pod(pod)) = &mut o.body else {
+        return Ok(Err(ApiError::internal(format!("{key} has no pod body"))));
+    };
+    let spec = pod.spec.get_or_insert_with(Default::default);
+    if !spec.node_name.is_empty() {
+        return conflict(format!("is already bound to node {:?}", spec.node_name));
+    }
+    spec.node_name = b.node_name.clone();
+    let status = pod.status.get_or_insert_with(Default::default);
+    let now = flotilla_api::manifest::format_timestamp_ms(now_ms);
+    status.conditions.retain(|c| c.r#type != "PodScheduled");
+    status.conditions.push(flotilla_api::pb::api::PodCondition {
+        r#type: "PodScheduled".into(),
+        status: "True".into(),
+        last_transition_time: now,
+        ..Default::default()
+    });
     o.meta_mut().resource_version = revision;
     table.put(&k, &o)?;
     event(events, EventType::Modified, &o, revision);
@@ -755,6 +833,60 @@ mod tests {
             t.keys().cloned().collect::<Vec<_>>(),
             vec![namespace_key("default")]
         );
+    }
+
+    #[test]
+    fn a_pod_is_bound_once_and_never_moves() {
+        use flotilla_api::pb::api::{Binding, Pod, PodSpec};
+        let mut t = BTreeMap::new();
+        let mut p = cm("p", &[]);
+        p.kind = "Pod".into();
+        p.body = Some(Body::Pod(Pod {
+            spec: Some(PodSpec {
+                containers: vec![flotilla_api::pb::api::Container {
+                    name: "c".into(),
+                    image: "busybox:1".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: None,
+        }));
+        let r = apply_command(&mut t, 1, &cmd(vec![Op::Create(p)])).unwrap();
+        let uid = ok(&r.results[0]).meta().uid.clone();
+        let bind = |node: &str, uid: &str| {
+            Op::Bind(Binding {
+                namespace: "default".into(),
+                name: "p".into(),
+                uid: uid.into(),
+                node_name: node.into(),
+            })
+        };
+        let r = apply_command(&mut t, 2, &cmd(vec![bind("n1", "other-uid")])).unwrap();
+        assert_eq!(err(&r.results[0]), ErrorCode::Conflict);
+        let r = apply_command(&mut t, 3, &cmd(vec![bind("n1", &uid)])).unwrap();
+        let bound = ok(&r.results[0]).clone();
+        let Some(Body::Pod(bp)) = &bound.body else {
+            panic!()
+        };
+        assert_eq!(bp.spec.as_ref().unwrap().node_name, "n1");
+        let cond = &bp.status.as_ref().unwrap().conditions[0];
+        assert_eq!(
+            (cond.r#type.as_str(), cond.status.as_str()),
+            ("PodScheduled", "True")
+        );
+        assert_eq!(bound.meta().resource_version, 3);
+        assert_eq!(r.events.len(), 1);
+        // Twice: refused, whoever asks.
+        let r = apply_command(&mut t, 4, &cmd(vec![bind("n2", &uid)])).unwrap();
+        assert_eq!(err(&r.results[0]), ErrorCode::Conflict);
+        // Nor may an update move it.
+        let mut moved = bound.clone();
+        if let Some(Body::Pod(mp)) = &mut moved.body {
+            mp.spec.as_mut().unwrap().node_name = "n2".into();
+        }
+        let r = apply_command(&mut t, 5, &cmd(vec![Op::Update(moved)])).unwrap();
+        assert_eq!(err(&r.results[0]), ErrorCode::InvalidArgument);
     }
 
     #[test]

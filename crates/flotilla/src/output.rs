@@ -661,6 +661,14 @@ pub fn status_json(st: &ClusterStatus) -> Value {
             "matched_index": m.matched_index,
             "lag": m.lag,
         })).collect::<Vec<_>>(),
+        "roles": st.roles.iter().map(|r| json!({
+            "role": r.role,
+            "holder": r.holder,
+            "epoch": r.epoch,
+            "renew_time": r.renew_time,
+            "lease_duration_seconds": r.lease_duration_seconds,
+            "expired": r.expired,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -860,10 +868,36 @@ pub fn status_table(st: &ClusterStatus) -> String {
     } else {
         st.leader_id.to_string()
     };
+    let mut roles = new_table(vec!["ROLE", "HOLDER", "EPOCH", "RENEWED", "LEASE"]);
+    for r in &st.roles {
+        roles.add_row(vec![
+            r.role.clone(),
+            if r.holder.is_empty() {
+                "<none>".to_string()
+            } else {
+                r.holder.clone()
+            },
+            r.epoch.to_string(),
+            if r.renew_time.is_empty() {
+                "<never>".to_string()
+            } else {
+                r.renew_time.clone()
+            },
+            if r.expired {
+                "expired".to_string()
+            } else {
+                format!("{}s", r.lease_duration_seconds)
+            },
+        ]);
+    }
+    for c in roles.column_iter_mut() {
+        c.set_padding((0, 3));
+    }
     format!(
-        "cluster {}, leader {leader}\n{}",
+        "cluster {}, leader {leader}\n{}\n{}",
         st.cluster_id,
-        render(&t, true)
+        render(&t, true),
+        render(&roles, true)
     )
 }
 

@@ -1,0 +1,228 @@
+//! The scheduler's loop: every server keeps the placement picture (`flotilla-scheduler`'s
+//! `Cluster`) warm from its own state, and the one holding the `scheduler` Lease decides and
+//! writes. Bindings go out in batches (up to `max_batch_writes` per log entry), each batch
+//! fenced with the Lease's epoch, so a deposed scheduler's late batch is refused whole by the
+//! state machine; a pod that fits nowhere gets `PodScheduled=False` with the reason and a
+//! `FailedScheduling` Event.
+//!
+//! It must never bind without a fence, nor trust a decision whose bind was not acknowledged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_api::pb::api::object_service_server::ObjectService;
+use flotilla_api::pb::api::{
+    object::Body, write::Op, write_result, BatchRequest, Binding, PodCondition, PodStatus, Write,
+};
+use flotilla_api::ErrorCode;
+use flotilla_scheduler::{Cluster, Placement, Unplaced};
+use tokio_util::task::TaskTracker;
+
+use crate::api::ObjectApi;
+use crate::election::{fence, Elections};
+use crate::informer::{Change, Informer};
+use crate::node::Node;
+
+pub const ROLE: &str = "scheduler";
+const COMPONENT: &str = "default-scheduler";
+/// Changes taken from the feed before deciding again.
+const FEED_BATCH: usize = 20_000;
+
+pub fn start(node: Arc<Node>, api: Arc<ObjectApi>, elections: Elections, tasks: &TaskTracker) {
+    tasks.spawn(async move { run(node, api, elections).await });
+}
+
+fn feed(cluster: &mut Cluster, changes: Vec<Change>) {
+    for c in changes {
+        match c {
+            Change::Reset => *cluster = Cluster::new(),
+            Change::Upsert(o) if o.kind == "Node" => cluster.apply_node(&o),
+            Change::Upsert(o) => cluster.apply_pod(&o),
+            Change::Delete(o) if o.kind == "Node" => cluster.delete_node(&o.meta().name),
+            Change::Delete(o) => {
+                let m = o.meta();
+                cluster.delete_pod(&format!("{}/{}", m.namespace, m.name));
+            }
+        }
+    }
+}
+
+async fn run(node: Arc<Node>, api: Arc<ObjectApi>, elections: Elections) {
+    let mut informer = Informer::new(node.clone(), &["Node", "Pod"]);
+    let mut cluster = Cluster::new();
+    let mut epoch_rx = elections
+        .roles
+        .iter()
+        .find(|(r, _)| *r == ROLE)
+        .map(|(_, rx)| rx.clone());
+    let retry = Duration::from_millis(node.limits.unschedulable_retry_ms.max(100));
+    let mut retry_tick = tokio::time::interval(retry);
+    retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let role_changed = async {
+            match epoch_rx.as_mut() {
+                Some(rx) => {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            r = informer.next(FEED_BATCH) => match r {
+                Ok(changes) => feed(&mut cluster, changes),
+                Err(e) => {
+                    tracing::warn!("scheduler feed: {e}; relisting");
+                    informer = Informer::new(node.clone(), &["Node", "Pod"]);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            },
+            _ = retry_tick.tick() => cluster.retry_unschedulable(),
+            _ = role_changed => {}
+        }
+        let Some(epoch) = elections.epoch(ROLE) else {
+            continue;
+        };
+        let batch = node.limits.max_batch_writes.max(1);
+        while cluster.pending_count() > 0 && elections.epoch(ROLE) == Some(epoch) {
+            let (placed, unplaced) = cluster.next_batch(batch);
+            if !placed.is_empty() {
+                bind(&node, &api, &mut cluster, placed, epoch).await;
+            }
+            let report: Vec<Unplaced> = unplaced.into_iter().filter(|u| u.report).collect();
+            if !report.is_empty() {
+                explain(&node, &api, report, epoch).await;
+            }
+            if node.shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
+}
+
+async fn bind(
+    node: &Node,
+    api: &ObjectApi,
+    cluster: &mut Cluster,
+    placed: Vec<Placement>,
+    epoch: i64,
+) {
+    let f = fence(ROLE, epoch);
+    let writes: Vec<Write> = placed
+        .iter()
+        .map(|p| Write {
+            op: Some(Op::Bind(Binding {
+                namespace: p.pod.namespace.clone(),
+                name: p.pod.name.clone(),
+                uid: p.pod.uid.clone(),
+                node_name: p.node.clone(),
+            })),
+            fence: Some(f.clone()),
+        })
+        .collect();
+    let keys: Vec<String> = placed.iter().map(|p| p.pod.key()).collect();
+    match api
+        .batch(tonic::Request::new(BatchRequest { writes }))
+        .await
+    {
+        Ok(r) => {
+            let mut bound = 0u64;
+            for (key, res) in keys.iter().zip(r.into_inner().results) {
+                match res.result {
+                    Some(write_result::Result::Object(_)) => bound += 1,
+                    Some(write_result::Result::Error(e)) => {
+                        if e.code != ErrorCode::Fenced as i32 {
+                            tracing::debug!(pod = %key, "bind refused: {}", e.message);
+                        }
+                        cluster.bind_failed(key);
+                    }
+                    None => cluster.bind_failed(key),
+                }
+            }
+            node.metrics.pods_bound.inc_by(bound);
+        }
+        Err(s) => {
+            tracing::warn!(pods = keys.len(), "bind batch failed: {}", s.message());
+            for key in &keys {
+                cluster.bind_failed(key);
+            }
+            // Do not spin against a store that cannot take writes.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// `PodScheduled=False` on each pod that fits nowhere and a `FailedScheduling` Event, fenced.
+async fn explain(node: &Node, api: &ObjectApi, unplaced: Vec<Unplaced>, epoch: i64) {
+    let f = fence(ROLE, epoch);
+    let now = flotilla_api::manifest::format_timestamp_ms(crate::now_ms());
+    let by = flotilla_api::events::Reporter {
+        component: COMPONENT,
+        host: "",
+    };
+    for chunk in unplaced.chunks(250) {
+        let mut writes = Vec::with_capacity(chunk.len() * 2);
+        for u in chunk {
+            let message = u.error.to_string();
+            let key = flotilla_api::pb::api::ObjectKey {
+                kind: "Pod".into(),
+                namespace: u.pod.namespace.clone(),
+                name: u.pod.name.clone(),
+            };
+            // The stored pod, so the status write keeps the rest and is conditional on it.
+            let Ok((Some(mut pod), _)) = node.reader.get(&key) else {
+                continue;
+            };
+            if pod.meta().uid != u.pod.uid {
+                continue;
+            }
+            if let Some(Body::Pod(p)) = &mut pod.body {
+                let status = p.status.get_or_insert_with(PodStatus::default);
+                if status.phase.is_empty() {
+                    status.phase = "Pending".into();
+                }
+                status.conditions.retain(|c| c.r#type != "PodScheduled");
+                status.conditions.push(PodCondition {
+                    r#type: "PodScheduled".into(),
+                    status: "False".into(),
+                    reason: "Unschedulable".into(),
+                    message: message.clone(),
+                    last_transition_time: now.clone(),
+                    ..Default::default()
+                });
+            }
+            let involved = flotilla_api::pb::api::ObjectReference {
+                kind: "Pod".into(),
+                namespace: u.pod.namespace.clone(),
+                name: u.pod.name.clone(),
+                uid: u.pod.uid.clone(),
+                api_version: "v1".into(),
+                ..Default::default()
+            };
+            let event = flotilla_api::events::new_event(
+                involved,
+                "Warning",
+                "FailedScheduling",
+                &message,
+                &by,
+                &now,
+            );
+            writes.push(Write {
+                op: Some(Op::UpdateStatus(pod)),
+                fence: Some(f.clone()),
+            });
+            writes.push(Write {
+                op: Some(Op::Create(event)),
+                fence: Some(f.clone()),
+            });
+        }
+        if let Err(s) = api
+            .batch(tonic::Request::new(BatchRequest { writes }))
+            .await
+        {
+            tracing::debug!("recording unschedulable pods: {}", s.message());
+        }
+    }
+}

@@ -109,6 +109,8 @@ pub struct Limits {
     /// How often the scheduler tries again the pods that fit nowhere, even if nothing it
     /// watches changed (kube-scheduler flushes its unschedulable queue every 60 s).
     pub unschedulable_retry_ms: u64,
+    /// Objects the controller-manager reconciles per round before it writes.
+    pub controller_round_keys: usize,
 }
 
 impl Default for Limits {
@@ -137,6 +139,7 @@ impl Default for Limits {
             role_lease_duration_ms: 15_000,
             role_retry_ms: 2_000,
             unschedulable_retry_ms: 30_000,
+            controller_round_keys: 1000,
         }
     }
 }

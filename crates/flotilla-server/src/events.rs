@@ -82,6 +82,33 @@ async fn round(node: &Node, proposer: &Proposer) -> Result<(), flotilla_api::Api
     Ok(())
 }
 
+/// The write recording one occurrence of an Event series as `component`: a new Event, or the
+/// existing one (as this server reads it) counted once more.
+pub fn record(
+    node: &Node,
+    component: &str,
+    involved: flotilla_api::pb::api::ObjectReference,
+    event_type: &str,
+    reason: &str,
+    message: &str,
+) -> Write {
+    use flotilla_api::events;
+    let now = flotilla_api::manifest::format_timestamp_ms(crate::now_ms());
+    let by = events::Reporter {
+        component,
+        host: "",
+    };
+    let first = events::new_event(involved, event_type, reason, message, &by, &now);
+    let existing = node.reader.get(&first.key()).ok().and_then(|(o, _)| o);
+    Write {
+        op: Some(match existing {
+            Some(e) => Op::Update(events::repeat(e, 1, &now)),
+            None => Op::Create(first),
+        }),
+        fence: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

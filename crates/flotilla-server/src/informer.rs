@@ -53,6 +53,10 @@ pub struct Informer {
     /// Per kind, what its last list saw: events at or below it may already be in it.
     listed: HashMap<&'static str, Listed>,
     rx: Option<tokio::sync::broadcast::Receiver<Arc<flotilla_raft::state_machine::AppliedBatch>>>,
+    /// Every change up to this revision has been delivered.
+    revision: u64,
+    /// `next` returns (maybe with nothing) once `revision` reaches this.
+    target: Option<u64>,
 }
 
 impl Informer {
@@ -62,6 +66,21 @@ impl Informer {
             kinds: kinds.to_vec(),
             listed: HashMap::new(),
             rx: None,
+            revision: 0,
+            target: None,
+        }
+    }
+
+    /// Every change up to this revision has been delivered.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Make `next` return once changes up to `revision` are delivered, even if none of them
+    /// is of a watched kind (a caller waiting to see its own writes).
+    pub fn wake_at(&mut self, revision: u64) {
+        if revision > self.revision {
+            self.target = Some(revision);
         }
     }
 
@@ -69,6 +88,7 @@ impl Informer {
         // Subscribe before listing: nothing applied after the list can be missed.
         self.rx = Some(self.node.reader.subscribe());
         out.push(Change::Reset);
+        self.listed.clear();
         let page_size = self.node.limits.max_list_page.max(1);
         for kind in self.kinds.clone() {
             let mut after: Option<String> = None;
@@ -103,6 +123,11 @@ impl Informer {
             if listed.first == u64::MAX {
                 listed.first = 0;
             }
+            self.revision = if self.listed.is_empty() {
+                listed.first
+            } else {
+                self.revision.min(listed.first)
+            };
             self.listed.insert(kind, listed);
         }
         Ok(())
@@ -166,6 +191,11 @@ impl Informer {
                 } else {
                     Change::Upsert(o.clone())
                 });
+            }
+            self.revision = self.revision.max(batch.revision);
+            if self.target.is_some_and(|t| self.revision >= t) {
+                self.target = None;
+                return Ok(out);
             }
             if out.len() >= max {
                 return Ok(out);

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod api;
 pub mod config;
+pub mod controllers;
 pub mod dispatcher;
 pub mod election;
 pub mod events;

@@ -332,6 +332,12 @@ pub async fn start(config: ServerConfig, data_dir: PathBuf) -> Result<ServerHand
     let internal_api = Arc::new(crate::api::ObjectApi::new(node.clone(), proposer.clone()));
     crate::identity::start(node.clone(), internal_api.clone(), &tasks);
     let elections = crate::election::start(node.clone(), internal_api.clone(), &tasks);
+    crate::controllers::start(
+        node.clone(),
+        internal_api.clone(),
+        elections.clone(),
+        &tasks,
+    );
     crate::scheduling::start(
         node.clone(),
         internal_api.clone(),

@@ -10,6 +10,7 @@ mod cli;
 use flotilla_client::configfile as clientconfig;
 mod output;
 mod token;
+mod workload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +71,13 @@ enum Command {
     Label(cli::MetaArgs),
     /// Set (key=value) or remove (key-) annotations.
     Annotate(cli::MetaArgs),
+    /// Set the replicas of a Deployment, ReplicaSet or StatefulSet.
+    Scale(workload::ScaleArgs),
+    /// Manage a Deployment's rollout: status, history, undo, pause, resume, restart.
+    Rollout {
+        #[command(subcommand)]
+        command: workload::RolloutCommand,
+    },
     /// Describe a kind's fields, or a field's: `explain deployment.spec.strategy`.
     Explain {
         /// RESOURCE[.field[.field...]]
@@ -323,6 +331,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Label(args) => cli::set_metadata(&conn, args, false).await,
         Command::Annotate(args) => cli::set_metadata(&conn, args, true).await,
         Command::Token { command } => token::run(&conn, command).await,
+        Command::Scale(args) => workload::scale(&conn, args).await,
+        Command::Rollout { command } => workload::rollout(&conn, command).await,
         Command::Logs(args) => cli::logs(&conn, args).await,
         Command::Exec(args) => {
             let code = cli::exec(&conn, args).await?;

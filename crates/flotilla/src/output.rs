@@ -1147,3 +1147,61 @@ mod golden {
         assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
     }
 }
+
+/// `rollout history`: one row per revision (a Deployment's ReplicaSets, oldest first).
+pub fn history_table(sets: &[Object]) -> String {
+    let mut t = new_table(vec!["REVISION", "CHANGE-CAUSE", "IMAGES"]);
+    for rs in sets {
+        let template = match &rs.body {
+            Some(Body::ReplicaSet(r)) => r.spec.as_ref().and_then(|s| s.template.as_ref()),
+            _ => None,
+        };
+        t.add_row(vec![
+            flotilla_controllers::deployment::revision_of(rs).to_string(),
+            or_none(
+                rs.meta()
+                    .annotations
+                    .get("kubernetes.io/change-cause")
+                    .map(String::as_str)
+                    .unwrap_or(""),
+            ),
+            containers_images(template)[1].clone(),
+        ]);
+    }
+    render(&t, true)
+}
+
+/// A pod template as `describe` prints one.
+pub fn template_text(t: &flotilla_api::pb::api::PodTemplateSpec) -> String {
+    let m = t.metadata.clone().unwrap_or_default();
+    let mut out = String::from("Pod Template:\n");
+    let pairs = |map: &std::collections::BTreeMap<String, String>| {
+        if map.is_empty() {
+            return "<none>".to_string();
+        }
+        map.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("\n                ")
+    };
+    out.push_str(&format!("  Labels:       {}\n", pairs(&m.labels)));
+    out.push_str(&format!("  Annotations:  {}\n", pairs(&m.annotations)));
+    out.push_str("  Containers:\n");
+    for c in t
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or(&[])
+    {
+        out.push_str(&format!("   {}:\n    Image:      {}\n", c.name, c.image));
+        for p in &c.ports {
+            let proto = if p.protocol.is_empty() {
+                "TCP"
+            } else {
+                &p.protocol
+            };
+            out.push_str(&format!("    Port:       {}/{proto}\n", p.container_port));
+        }
+    }
+    out
+}

@@ -1,0 +1,526 @@
+//! The controller-manager's loop: every server keeps a cache of the kinds the controllers
+//! watch (from its own state, through an [`Informer`]); the one holding the
+//! `controller-manager` Lease reconciles what changed, with `flotilla-controllers`' pure
+//! functions, and writes the result fenced with the Lease's epoch.
+//!
+//! A round takes up to `controller_round_keys` dirty objects, reconciles each, writes all
+//! their writes in batches, then waits until its own cache has seen those writes before the
+//! next round, so no decision is made twice from a cache that has not caught up (Kubernetes'
+//! "expectations"). A key whose writes fail is retried with exponential backoff; a reconcile
+//! may ask to be looked at again later (minReadySeconds, deadlines). Garbage collection
+//! deletes dependents whose owners are gone, after a linearizable read confirms it.
+//!
+//! It must never write without a fence, nor act on a cache older than its last writes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_api::pb::api::object_service_server::ObjectService;
+use flotilla_api::pb::api::{
+    object::Body, write::Op, write_result, BatchRequest, DeleteRequest, GetRequest, Object,
+    ObjectKey, Write,
+};
+use flotilla_api::ErrorCode;
+use flotilla_controllers::common::{count_pods, PodCounts};
+use flotilla_controllers::{deployment, gc, replicaset, Action, Reconciled};
+use tokio_util::task::TaskTracker;
+
+use crate::api::ObjectApi;
+use crate::election::{fence, Elections};
+use crate::informer::{Change, Informer};
+use crate::node::Node;
+
+pub const ROLE: &str = "controller-manager";
+const COMPONENT: &str = "controller-manager";
+/// The kinds the controllers watch (owners before dependents).
+const KINDS: [&str; 3] = ["Deployment", "ReplicaSet", "Pod"];
+/// The kinds that own others here (reconciled when they or their dependents change).
+const OWNER_KINDS: [&str; 2] = ["Deployment", "ReplicaSet"];
+/// Pods a ReplicaSet creates or deletes per reconcile (Kubernetes' burstReplicas).
+const BURST: usize = 500;
+const FEED_BATCH: usize = 20_000;
+const BACKOFF_MIN_MS: u64 = 100;
+const BACKOFF_MAX_MS: u64 = 30_000;
+
+type Key = (String, String);
+
+fn key_of(o: &Object) -> Key {
+    let m = o.meta();
+    (o.kind.clone(), format!("{}/{}", m.namespace, m.name))
+}
+
+/// The objects of the watched kinds and who owns what.
+#[derive(Default)]
+struct Cache {
+    objects: HashMap<String, BTreeMap<String, Object>>,
+    /// uid → the object's key.
+    uids: HashMap<String, Key>,
+    /// Owner uid → its dependents' keys.
+    dependents: HashMap<String, BTreeSet<Key>>,
+}
+
+impl Cache {
+    fn get(&self, k: &Key) -> Option<&Object> {
+        self.objects.get(&k.0)?.get(&k.1)
+    }
+
+    fn unlink(&mut self, o: &Object) {
+        let k = key_of(o);
+        for r in &o.meta().owner_references {
+            if let Some(d) = self.dependents.get_mut(&r.uid) {
+                d.remove(&k);
+                if d.is_empty() {
+                    self.dependents.remove(&r.uid);
+                }
+            }
+        }
+        self.uids.remove(&o.meta().uid);
+    }
+
+    /// Store or forget `o`; the keys to reconcile because of it.
+    fn apply(
+        &mut self,
+        o: Object,
+        deleted: bool,
+        dirty: &mut BTreeSet<Key>,
+        gc: &mut BTreeSet<Key>,
+    ) {
+        let k = key_of(&o);
+        if let Some(old) = self.get(&k).cloned() {
+            self.unlink(&old);
+        }
+        let m = o.meta();
+        for r in &m.owner_references {
+            if let Some(owner) = self.uids.get(&r.uid) {
+                dirty.insert(owner.clone());
+            }
+        }
+        if OWNER_KINDS.contains(&o.kind.as_str()) {
+            dirty.insert(k.clone());
+        }
+        if deleted {
+            // Its dependents may be orphans now.
+            if let Some(deps) = self.dependents.get(&m.uid) {
+                gc.extend(deps.iter().cloned());
+            }
+            if let Some(map) = self.objects.get_mut(&k.0) {
+                map.remove(&k.1);
+            }
+            return;
+        }
+        if !m.owner_references.is_empty() {
+            gc.insert(k.clone());
+        }
+        for r in &m.owner_references {
+            self.dependents
+                .entry(r.uid.clone())
+                .or_default()
+                .insert(k.clone());
+        }
+        self.uids.insert(m.uid.clone(), k.clone());
+        self.objects.entry(k.0.clone()).or_default().insert(k.1, o);
+    }
+
+    fn dependents_of(&self, o: &Object, kind: &str) -> Vec<&Object> {
+        let Some(deps) = self.dependents.get(&o.meta().uid) else {
+            return Vec::new();
+        };
+        deps.iter()
+            .filter(|k| k.0 == kind)
+            .filter_map(|k| self.get(k))
+            // Only what it controls (a controller reference with its uid).
+            .filter(|d| {
+                d.meta()
+                    .owner_references
+                    .iter()
+                    .any(|r| r.controller && r.uid == o.meta().uid)
+            })
+            .collect()
+    }
+}
+
+pub fn start(node: Arc<Node>, api: Arc<ObjectApi>, elections: Elections, tasks: &TaskTracker) {
+    tasks.spawn(async move { Manager::new(node, api, elections).run().await });
+}
+
+struct Manager {
+    node: Arc<Node>,
+    api: Arc<ObjectApi>,
+    elections: Elections,
+    cache: Cache,
+    dirty: BTreeSet<Key>,
+    gc: BTreeSet<Key>,
+    /// Keys to look at again, by when.
+    later: BTreeMap<Instant, BTreeSet<Key>>,
+    failures: HashMap<Key, u32>,
+    /// Our last writes' revision: no round until the cache has seen it.
+    barrier: Option<(u64, Instant)>,
+    held: Option<i64>,
+}
+
+fn suffix() -> String {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    let a = flotilla_controllers::common::SAFE_ALPHABET;
+    bytes[..5]
+        .iter()
+        .map(|b| a[*b as usize % a.len()] as char)
+        .collect()
+}
+
+impl Manager {
+    fn new(node: Arc<Node>, api: Arc<ObjectApi>, elections: Elections) -> Manager {
+        Manager {
+            node,
+            api,
+            elections,
+            cache: Cache::default(),
+            dirty: BTreeSet::new(),
+            gc: BTreeSet::new(),
+            later: BTreeMap::new(),
+            failures: HashMap::new(),
+            barrier: None,
+            held: None,
+        }
+    }
+
+    fn feed(&mut self, changes: Vec<Change>) {
+        for c in changes {
+            match c {
+                Change::Reset => {
+                    self.cache = Cache::default();
+                    self.dirty.clear();
+                    self.gc.clear();
+                }
+                Change::Upsert(o) => self.cache.apply(o, false, &mut self.dirty, &mut self.gc),
+                Change::Delete(o) => self.cache.apply(o, true, &mut self.dirty, &mut self.gc),
+            }
+        }
+    }
+
+    /// Everything is worth a look (a new holder, a relist).
+    fn resync(&mut self) {
+        for kind in OWNER_KINDS {
+            if let Some(map) = self.cache.objects.get(kind) {
+                for k in map.keys() {
+                    self.dirty.insert((kind.to_string(), k.clone()));
+                }
+            }
+        }
+        for map in self.cache.objects.values() {
+            for o in map.values() {
+                if !o.meta().owner_references.is_empty() {
+                    self.gc.insert(key_of(o));
+                }
+            }
+        }
+    }
+
+    async fn run(mut self) {
+        let mut informer = Informer::new(self.node.clone(), &KINDS);
+        let mut role_rx = self
+            .elections
+            .roles
+            .iter()
+            .find(|(r, _)| *r == ROLE)
+            .map(|(_, rx)| rx.clone());
+        loop {
+            let next_later = self.later.keys().next().copied();
+            let role_changed = async {
+                match role_rx.as_mut() {
+                    Some(rx) => {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let timer = async {
+                match next_later {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = self.node.shutdown.cancelled() => return,
+                r = informer.next(FEED_BATCH) => match r {
+                    Ok(changes) => {
+                        let relisted = matches!(changes.first(), Some(Change::Reset));
+                        self.feed(changes);
+                        if relisted {
+                            self.resync();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("controller feed: {e}; relisting");
+                        informer = Informer::new(self.node.clone(), &KINDS);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                },
+                _ = timer => {}
+                _ = role_changed => {}
+            }
+            let now = Instant::now();
+            while let Some(entry) = self.later.first_entry() {
+                if *entry.key() > now {
+                    break;
+                }
+                let keys = entry.remove();
+                self.dirty.extend(keys);
+            }
+            let epoch = self.elections.epoch(ROLE);
+            if epoch != self.held {
+                self.held = epoch;
+                if epoch.is_some() {
+                    tracing::info!(epoch, "controller-manager: reconciling everything");
+                    self.resync();
+                }
+            }
+            let Some(epoch) = epoch else { continue };
+            if let Some((rev, since)) = self.barrier {
+                let waited_too_long =
+                    since.elapsed() > Duration::from_millis(self.node.limits.write_timeout_ms);
+                if informer.revision() < rev && !waited_too_long {
+                    informer.wake_at(rev);
+                    continue;
+                }
+                self.barrier = None;
+            }
+            if self.dirty.is_empty() && self.gc.is_empty() {
+                continue;
+            }
+            if let Some(rev) = self.round(epoch).await {
+                self.barrier = Some((rev, Instant::now()));
+                informer.wake_at(rev);
+            }
+        }
+    }
+
+    fn reconcile(&self, k: &Key, now_ms: i64) -> Reconciled {
+        let Some(o) = self.cache.get(k) else {
+            return Reconciled::default();
+        };
+        match o.kind.as_str() {
+            "ReplicaSet" => {
+                let pods = self.cache.dependents_of(o, "Pod");
+                replicaset::reconcile(o, &pods, now_ms, BURST, &mut suffix)
+            }
+            "Deployment" => {
+                let rss = self.cache.dependents_of(o, "ReplicaSet");
+                let counts: HashMap<String, PodCounts> = rss
+                    .iter()
+                    .map(|rs| {
+                        let min_ready = match &rs.body {
+                            Some(Body::ReplicaSet(r)) => {
+                                r.spec.as_ref().map(|s| s.min_ready_seconds).unwrap_or(0)
+                            }
+                            _ => 0,
+                        };
+                        let pods = self.cache.dependents_of(rs, "Pod");
+                        (rs.meta().uid.clone(), count_pods(pods, min_ready, now_ms))
+                    })
+                    .collect();
+                deployment::reconcile(o, &rss, &counts, now_ms)
+            }
+            _ => Reconciled::default(),
+        }
+    }
+
+    fn to_write(&self, a: Action, epoch: i64) -> Write {
+        let op = match a {
+            Action::Create(o) => Op::Create(o),
+            Action::Update(o) => Op::Update(o),
+            Action::UpdateStatus(o) => Op::UpdateStatus(o),
+            Action::Delete { key, uid } => Op::Delete(DeleteRequest {
+                key: Some(key),
+                expected_resource_version: None,
+                expected_uid: Some(uid),
+                grace_period_seconds: None,
+            }),
+            Action::Event {
+                involved,
+                event_type,
+                reason,
+                message,
+            } => {
+                let w = crate::events::record(
+                    &self.node, COMPONENT, involved, event_type, reason, &message,
+                );
+                return Write {
+                    fence: Some(fence(ROLE, epoch)),
+                    ..w
+                };
+            }
+        };
+        Write {
+            op: Some(op),
+            fence: Some(fence(ROLE, epoch)),
+        }
+    }
+
+    /// One round: reconcile up to a bounded number of dirty keys and write the result. The
+    /// revision of the last write, if any was made.
+    async fn round(&mut self, epoch: i64) -> Option<u64> {
+        let now_ms = crate::now_ms();
+        let limit = self.node.limits.controller_round_keys.max(1);
+        let keys: Vec<Key> = self.dirty.iter().take(limit).cloned().collect();
+        for k in &keys {
+            self.dirty.remove(k);
+        }
+        // (key that asked, write)
+        let mut writes: Vec<(Key, Write)> = Vec::new();
+        for k in &keys {
+            let r = self.reconcile(k, now_ms);
+            if let Some(ms) = r.requeue_after_ms {
+                let at = Instant::now() + Duration::from_millis(ms.max(1) as u64);
+                self.later.entry(at).or_default().insert(k.clone());
+            }
+            for a in r.actions {
+                writes.push((k.clone(), self.to_write(a, epoch)));
+            }
+        }
+        let mut revision = None;
+        let mut failed: BTreeSet<Key> = BTreeSet::new();
+        for (batch_keys, batch) in batches(writes, self.node.limits.max_batch_writes.max(1)) {
+            match self
+                .api
+                .batch(tonic::Request::new(BatchRequest { writes: batch }))
+                .await
+            {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    revision = Some(r.revision);
+                    for (k, res) in batch_keys.iter().zip(r.results) {
+                        if let Some(write_result::Result::Error(e)) = res.result {
+                            // A lost race for an Event series is not worth a retry.
+                            if e.code == ErrorCode::AlreadyExists as i32
+                                && e.message.contains("Event")
+                            {
+                                continue;
+                            }
+                            tracing::debug!(key = ?k, "controller write refused: {}", e.message);
+                            failed.insert(k.clone());
+                        }
+                    }
+                }
+                Err(s) => {
+                    tracing::warn!("controller batch failed: {}", s.message());
+                    failed.extend(batch_keys);
+                }
+            }
+        }
+        for k in keys {
+            if failed.contains(&k) {
+                let n = self.failures.entry(k.clone()).or_insert(0);
+                *n = n.saturating_add(1);
+                let ms = (BACKOFF_MIN_MS << (*n - 1).min(16)).min(BACKOFF_MAX_MS);
+                let at = Instant::now() + Duration::from_millis(ms);
+                self.later.entry(at).or_default().insert(k);
+            } else {
+                self.failures.remove(&k);
+            }
+        }
+        if let Some(rev) = self.collect_garbage(epoch).await {
+            revision = Some(revision.map_or(rev, |r: u64| r.max(rev)));
+        }
+        revision
+    }
+
+    /// Background garbage collection of dependents whose owners are all gone.
+    async fn collect_garbage(&mut self, epoch: i64) -> Option<u64> {
+        let limit = self.node.limits.controller_round_keys.max(1);
+        let keys: Vec<Key> = self.gc.iter().take(limit).cloned().collect();
+        for k in &keys {
+            self.gc.remove(k);
+        }
+        let cache = &self.cache;
+        let exists = |ns: &str, r: &flotilla_api::pb::api::OwnerReference| {
+            if cache.uids.contains_key(&r.uid) {
+                return Some(true);
+            }
+            let _ = ns;
+            KINDS.contains(&r.kind.as_str()).then_some(false)
+        };
+        let candidates = gc::orphans(keys.iter().filter_map(|k| cache.get(k)), &exists);
+        let mut writes = Vec::new();
+        for orphan in candidates {
+            // The cache may not have seen an owner yet: ask the store (linearizable).
+            let mut all_gone = true;
+            for r in &orphan.owners {
+                let got = self
+                    .api
+                    .get(tonic::Request::new(GetRequest {
+                        key: Some(ObjectKey {
+                            kind: r.kind.clone(),
+                            namespace: orphan.key.namespace.clone(),
+                            name: r.name.clone(),
+                        }),
+                        stale: false,
+                    }))
+                    .await;
+                match got {
+                    Ok(o)
+                        if o.get_ref()
+                            .object
+                            .as_ref()
+                            .is_some_and(|o| o.meta().uid == r.uid) =>
+                    {
+                        all_gone = false
+                    }
+                    Ok(_) => {}
+                    Err(s)
+                        if flotilla_api::ApiError::from_status(&s).code()
+                            == ErrorCode::NotFound => {}
+                    Err(_) => all_gone = false,
+                }
+            }
+            if all_gone {
+                tracing::info!(object = %orphan.key, "garbage-collecting: its owners are gone");
+                writes.push(Write {
+                    op: Some(Op::Delete(DeleteRequest {
+                        key: Some(orphan.key),
+                        expected_resource_version: None,
+                        expected_uid: Some(orphan.uid),
+                        grace_period_seconds: None,
+                    })),
+                    fence: Some(fence(ROLE, epoch)),
+                });
+            }
+        }
+        let mut revision = None;
+        for chunk in writes.chunks(self.node.limits.max_batch_writes.max(1)) {
+            if let Ok(r) = self
+                .api
+                .batch(tonic::Request::new(BatchRequest {
+                    writes: chunk.to_vec(),
+                }))
+                .await
+            {
+                revision = Some(r.into_inner().revision);
+            }
+        }
+        revision
+    }
+}
+
+/// Split writes into batches of at most `max`, each touching an object once (a second write
+/// to the same object starts the next batch, so it applies after the first).
+fn batches(writes: Vec<(Key, Write)>, max: usize) -> Vec<(Vec<Key>, Vec<Write>)> {
+    let mut out: Vec<(Vec<Key>, Vec<Write>)> = Vec::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    for (k, w) in writes {
+        let target = crate::proposer::write_key(&w).unwrap_or_default();
+        let full = out.last().is_none_or(|(_, b)| b.len() >= max);
+        if full || seen.contains(&target) {
+            out.push((Vec::new(), Vec::new()));
+            seen.clear();
+        }
+        seen.insert(target);
+        if let Some((ks, ws)) = out.last_mut() {
+            ks.push(k);
+            ws.push(w);
+        }
+    }
+    out
+}

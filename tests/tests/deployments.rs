@@ -1,0 +1,289 @@
+//! Proves Deployments work end to end with real processes (three servers, two agents on QUIC,
+//! runc, the local registry): the classic `nginx-deployment` manifest (image swapped for the
+//! local test image) reaches 2/2 available; `scale` to 10 and back to 2 converges; a rolling
+//! update of the image never drops below `replicas - maxUnavailable` available pods, sampled
+//! continuously from the API during the rollout, while `rollout status` reports progress;
+//! `rollout history` lists the revisions and `rollout undo` restores the previous template
+//! (reusing its ReplicaSet at a new revision); deleting the Deployment garbage-collects its
+//! ReplicaSets and pods.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_api::pb::api::{object::Body, Object};
+use flotilla_tests::agent::Agent;
+use flotilla_tests::{cli, node_tests_possible, Cluster, Opts, Registry};
+
+fn manifest(image: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: nginx-deployment
+  labels:
+    app: nginx
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: nginx
+  template:
+    metadata:
+      labels:
+        app: nginx
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: nginx
+        image: {image}
+        command: ["httpd", "-f", "-p", "80"]
+        ports:
+        - containerPort: 80
+"#
+    )
+}
+
+fn ready(o: &Object) -> bool {
+    o.meta().deletion_timestamp_ms.is_none()
+        && match &o.body {
+            Some(Body::Pod(p)) => p.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.r#type == "Ready" && c.status == "True")
+            }),
+            _ => false,
+        }
+}
+
+fn image_of(o: &Object) -> String {
+    match &o.body {
+        Some(Body::Pod(p)) => p
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .map(|c| c.image.clone())
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+async fn pods(c: &mut flotilla_client::Client) -> Vec<Object> {
+    c.list("Pod", "default", "app=nginx", false)
+        .await
+        .map(|(p, _)| p)
+        .unwrap_or_default()
+}
+
+/// Wait until exactly `n` pods are ready (and no other pod of the app is left), all `image`.
+async fn wait_pods(c: &mut flotilla_client::Client, n: usize, image: &str, cluster: &Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = pods(c).await;
+        let ready_n = p.iter().filter(|o| ready(o)).count();
+        if ready_n == n && p.len() == n && p.iter().all(|o| image_of(o) == image) {
+            return;
+        }
+        if Instant::now() > deadline {
+            let (_, out, _) = cli(
+                &[
+                    "--server",
+                    &cluster.api_addrs().join(","),
+                    "get",
+                    "pods,rs,deploy",
+                ],
+                None,
+            );
+            panic!(
+                "never {n} ready pods of {image}: {ready_n} ready of {}\n{out}",
+                p.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_roll_scale_undo_and_are_collected() {
+    if !node_tests_possible("deployments") {
+        return;
+    }
+    let registry = Registry::start();
+    let cluster = Cluster::start(
+        3,
+        Opts {
+            extra_limits: vec![
+                "heartbeat_period_ms = 500".into(),
+                "role_lease_duration_ms = 3000".into(),
+                "role_retry_ms = 500".into(),
+            ],
+            ..Default::default()
+        },
+    );
+    cluster.wait_leader(Duration::from_secs(20)).await;
+    let servers = cluster.api_addrs().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, token, err) = cli(&["--server", &servers, "token", "create"], None);
+    assert!(ok, "{err}");
+    let token = token.trim().to_string();
+    let _n1 = Agent::start_with(
+        "n1",
+        &servers,
+        Some(&token),
+        dir.path(),
+        &registry.addr,
+        &[],
+    );
+    let _n2 = Agent::start_with(
+        "n2",
+        &servers,
+        Some(&token),
+        dir.path(),
+        &registry.addr,
+        &[],
+    );
+    let run = |args: &[&str]| {
+        let mut full = vec!["--server", servers.as_str()];
+        full.extend_from_slice(args);
+        let (ok, out, err) = cli(&full, None);
+        assert!(ok, "{args:?}: {err}{out}");
+        out
+    };
+    let apply = |text: &str| {
+        let (ok, out, err) = cli(&["--server", &servers, "apply", "-f", "-"], Some(text));
+        assert!(ok, "apply: {err}{out}");
+        out
+    };
+    let v1 = registry.image("busybox:test");
+    let v2 = registry.image("busybox:latest");
+    let mut c = cluster.client().await;
+
+    // The classic example reaches 2/2.
+    let out = apply(&manifest(&v1));
+    assert_eq!(out.trim(), "deployment.apps/nginx-deployment created");
+    let out = run(&[
+        "rollout",
+        "status",
+        "deployment/nginx-deployment",
+        "--timeout-secs",
+        "120",
+    ]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    wait_pods(&mut c, 2, &v1, &cluster).await;
+    let out = run(&["get", "deployment", "nginx-deployment"]);
+    assert!(
+        out.lines().nth(1).is_some_and(|l| l.contains("2/2")),
+        "{out}"
+    );
+
+    // Scale to 10 and back to 2.
+    let out = run(&["scale", "deployment/nginx-deployment", "--replicas", "10"]);
+    assert_eq!(out.trim(), "deployment.apps/nginx-deployment scaled");
+    run(&[
+        "rollout",
+        "status",
+        "deployment/nginx-deployment",
+        "--timeout-secs",
+        "120",
+    ]);
+    wait_pods(&mut c, 10, &v1, &cluster).await;
+    run(&["scale", "deployment", "nginx-deployment", "--replicas", "2"]);
+    wait_pods(&mut c, 2, &v1, &cluster).await;
+
+    // A rolling update, sampled: with 2 replicas and the default 25 % / 25 %, maxUnavailable
+    // rounds down to 0, so at least 2 pods are available at every moment.
+    let stop = Arc::new(AtomicBool::new(false));
+    let lowest = Arc::new(AtomicI32::new(i32::MAX));
+    let samples = Arc::new(AtomicI32::new(0));
+    let sampler = {
+        let (stop, lowest, samples) = (stop.clone(), lowest.clone(), samples.clone());
+        let mut c = cluster.client().await;
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok((p, _)) = c.list("Pod", "default", "app=nginx", false).await {
+                    let n = p.iter().filter(|o| ready(o)).count() as i32;
+                    lowest.fetch_min(n, Ordering::SeqCst);
+                    samples.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let out = apply(&manifest(&v2));
+    assert_eq!(out.trim(), "deployment.apps/nginx-deployment configured");
+    let out = run(&[
+        "rollout",
+        "status",
+        "deployment/nginx-deployment",
+        "--timeout-secs",
+        "120",
+    ]);
+    assert!(
+        out.contains("Waiting for deployment \"nginx-deployment\" rollout to finish")
+            && out.contains("successfully rolled out"),
+        "progress is shown: {out}"
+    );
+    wait_pods(&mut c, 2, &v2, &cluster).await;
+    stop.store(true, Ordering::SeqCst);
+    sampler.await.unwrap();
+    let (low, n) = (
+        lowest.load(Ordering::SeqCst),
+        samples.load(Ordering::SeqCst),
+    );
+    println!("rolling update: {n} samples, lowest available {low} (floor 2)");
+    assert!(n > 10, "too few samples: {n}");
+    assert!(
+        low >= 2,
+        "available pods dropped to {low} during the rollout"
+    );
+
+    // History and undo.
+    let out = run(&["rollout", "history", "deployment/nginx-deployment"]);
+    let revs: Vec<&str> = out
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(revs, vec!["1", "2"], "{out}");
+    let out = run(&["rollout", "undo", "deployment/nginx-deployment"]);
+    assert_eq!(out.trim(), "deployment.apps/nginx-deployment rolled back");
+    run(&[
+        "rollout",
+        "status",
+        "deployment/nginx-deployment",
+        "--timeout-secs",
+        "120",
+    ]);
+    wait_pods(&mut c, 2, &v1, &cluster).await;
+    let out = run(&["rollout", "history", "deployment/nginx-deployment"]);
+    let rows: Vec<&str> = out
+        .lines()
+        .skip(2)
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(rows.len(), 2, "the first set is reused: {out}");
+    assert!(
+        rows.iter()
+            .any(|l| l.starts_with('3') && l.contains("busybox:test")),
+        "{out}"
+    );
+
+    // Deleting the Deployment takes its ReplicaSets and pods (garbage collection).
+    run(&["delete", "deployment", "nginx-deployment"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (rs, _) = c.list("ReplicaSet", "default", "", false).await.unwrap();
+        let p = pods(&mut c).await;
+        if rs.is_empty() && p.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {} replica sets, {} pods",
+            rs.len(),
+            p.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

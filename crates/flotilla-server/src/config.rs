@@ -111,6 +111,16 @@ pub struct Limits {
     pub unschedulable_retry_ms: u64,
     /// Objects the controller-manager reconciles per round before it writes.
     pub controller_round_keys: usize,
+    /// A node whose Lease the controller-manager has not seen renewed for this long is
+    /// unreachable: tainted, its pods marked not ready (Kubernetes: 40 s). Counted from when
+    /// the current controller leader started watching, so a failover gives every node a
+    /// fresh period.
+    pub node_grace_period_ms: u64,
+    /// How long pods stay on an unreachable node unless they tolerate it longer or shorter
+    /// (Kubernetes' default tolerationSeconds: 300).
+    pub default_unreachable_toleration_seconds: u64,
+    /// How often the controller-manager checks every node (Kubernetes: 5 s).
+    pub node_monitor_period_ms: u64,
 }
 
 impl Default for Limits {
@@ -140,6 +150,9 @@ impl Default for Limits {
             role_retry_ms: 2_000,
             unschedulable_retry_ms: 30_000,
             controller_round_keys: 1000,
+            node_grace_period_ms: 40_000,
+            default_unreachable_toleration_seconds: 300,
+            node_monitor_period_ms: 5_000,
         }
     }
 }

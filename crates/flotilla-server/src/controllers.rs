@@ -34,9 +34,9 @@ use crate::node::Node;
 pub const ROLE: &str = "controller-manager";
 const COMPONENT: &str = "controller-manager";
 /// The kinds the controllers watch (owners before dependents).
-const KINDS: [&str; 3] = ["Deployment", "ReplicaSet", "Pod"];
-/// The kinds that own others here (reconciled when they or their dependents change).
-const OWNER_KINDS: [&str; 2] = ["Deployment", "ReplicaSet"];
+const KINDS: [&str; 5] = ["Node", "Lease", "Deployment", "ReplicaSet", "Pod"];
+/// The kinds reconciled when they (or their dependents) change.
+const OWNER_KINDS: [&str; 3] = ["Deployment", "ReplicaSet", "Node"];
 /// Pods a ReplicaSet creates or deletes per reconcile (Kubernetes' burstReplicas).
 const BURST: usize = 500;
 const FEED_BATCH: usize = 20_000;
@@ -58,6 +58,19 @@ struct Cache {
     uids: HashMap<String, Key>,
     /// Owner uid → its dependents' keys.
     dependents: HashMap<String, BTreeSet<Key>>,
+    /// Node name → the pods bound to it.
+    pods_by_node: HashMap<String, BTreeSet<Key>>,
+}
+
+fn node_name_of(o: &Object) -> Option<&str> {
+    match &o.body {
+        Some(Body::Pod(p)) => p
+            .spec
+            .as_ref()
+            .map(|s| s.node_name.as_str())
+            .filter(|n| !n.is_empty()),
+        _ => None,
+    }
 }
 
 impl Cache {
@@ -76,6 +89,14 @@ impl Cache {
             }
         }
         self.uids.remove(&o.meta().uid);
+        if let Some(n) = node_name_of(o) {
+            if let Some(set) = self.pods_by_node.get_mut(n) {
+                set.remove(&k);
+                if set.is_empty() {
+                    self.pods_by_node.remove(n);
+                }
+            }
+        }
     }
 
     /// Store or forget `o`; the keys to reconcile because of it.
@@ -118,8 +139,21 @@ impl Cache {
                 .or_default()
                 .insert(k.clone());
         }
+        if let Some(n) = node_name_of(&o) {
+            self.pods_by_node
+                .entry(n.to_string())
+                .or_default()
+                .insert(k.clone());
+        }
         self.uids.insert(m.uid.clone(), k.clone());
         self.objects.entry(k.0.clone()).or_default().insert(k.1, o);
+    }
+
+    fn pods_on(&self, node: &str) -> Vec<&Object> {
+        self.pods_by_node
+            .get(node)
+            .map(|keys| keys.iter().filter_map(|k| self.get(k)).collect())
+            .unwrap_or_default()
     }
 
     fn dependents_of(&self, o: &Object, kind: &str) -> Vec<&Object> {
@@ -157,6 +191,8 @@ struct Manager {
     /// Our last writes' revision: no round until the cache has seen it.
     barrier: Option<(u64, Instant)>,
     held: Option<i64>,
+    /// Node name → (its Lease's renewTime, when this server saw that renewTime first, ms).
+    heard: HashMap<String, (String, i64)>,
 }
 
 fn suffix() -> String {
@@ -181,6 +217,7 @@ impl Manager {
             failures: HashMap::new(),
             barrier: None,
             held: None,
+            heard: HashMap::new(),
         }
     }
 
@@ -192,8 +229,38 @@ impl Manager {
                     self.dirty.clear();
                     self.gc.clear();
                 }
+                Change::Upsert(o) if o.kind == "Lease" => self.heard_from(&o),
+                Change::Delete(o) if o.kind == "Lease" => {}
                 Change::Upsert(o) => self.cache.apply(o, false, &mut self.dirty, &mut self.gc),
                 Change::Delete(o) => self.cache.apply(o, true, &mut self.dirty, &mut self.gc),
+            }
+        }
+    }
+
+    /// A node's Lease changed: the node was heard from now, by this server's clock.
+    fn heard_from(&mut self, lease: &Object) {
+        if lease.meta().namespace != crate::identity::NODE_LEASE_NAMESPACE {
+            return;
+        }
+        let renewed = match &lease.body {
+            Some(Body::Lease(l)) => l
+                .spec
+                .as_ref()
+                .and_then(|s| s.renew_time.clone())
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        let name = lease.meta().name.clone();
+        let now = crate::now_ms();
+        let entry = self
+            .heard
+            .entry(name.clone())
+            .or_insert((String::new(), now));
+        if entry.0 != renewed {
+            *entry = (renewed, now);
+            let k = ("Node".to_string(), format!("/{name}"));
+            if self.cache.get(&k).is_some() {
+                self.dirty.insert(k);
             }
         }
     }
@@ -224,6 +291,10 @@ impl Manager {
             .iter()
             .find(|(r, _)| *r == ROLE)
             .map(|(_, rx)| rx.clone());
+        let mut node_tick = tokio::time::interval(Duration::from_millis(
+            self.node.limits.node_monitor_period_ms.max(100),
+        ));
+        node_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_later = self.later.keys().next().copied();
             let role_changed = async {
@@ -260,6 +331,15 @@ impl Manager {
                 },
                 _ = timer => {}
                 _ = role_changed => {}
+                _ = node_tick.tick() => {
+                    let nodes: Vec<Key> = self
+                        .cache
+                        .objects
+                        .get("Node")
+                        .map(|m| m.keys().map(|k| ("Node".to_string(), k.clone())).collect())
+                        .unwrap_or_default();
+                    self.dirty.extend(nodes);
+                }
             }
             let now = Instant::now();
             while let Some(entry) = self.later.first_entry() {
@@ -274,6 +354,12 @@ impl Manager {
                 self.held = epoch;
                 if epoch.is_some() {
                     tracing::info!(epoch, "controller-manager: reconciling everything");
+                    // A new leader gives every node a fresh grace period: it has not been
+                    // watching, so silence so far proves nothing.
+                    let now = crate::now_ms();
+                    for v in self.heard.values_mut() {
+                        v.1 = now;
+                    }
                     self.resync();
                 }
             }
@@ -322,6 +408,21 @@ impl Manager {
                     })
                     .collect();
                 deployment::reconcile(o, &rss, &counts, now_ms)
+            }
+            "Node" => {
+                let name = &o.meta().name;
+                // A node never heard of is heard of now (its Lease may not exist yet).
+                let last = self.heard.get(name).map(|h| h.1).unwrap_or(now_ms);
+                let settings = flotilla_controllers::nodes::Settings {
+                    grace_ms: self.node.limits.node_grace_period_ms as i64,
+                    default_toleration_seconds: self
+                        .node
+                        .limits
+                        .default_unreachable_toleration_seconds
+                        as i64,
+                };
+                let pods = self.cache.pods_on(name);
+                flotilla_controllers::nodes::reconcile(o, last, now_ms, settings, &pods)
             }
             _ => Reconciled::default(),
         }

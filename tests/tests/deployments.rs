@@ -4,7 +4,8 @@
 //! update of the image never drops below `replicas - maxUnavailable` available pods, sampled
 //! continuously from the API during the rollout, while `rollout status` reports progress;
 //! `rollout history` lists the revisions and `rollout undo` restores the previous template
-//! (reusing its ReplicaSet at a new revision); deleting the Deployment garbage-collects its
+//! (reusing its ReplicaSet at a new revision); `drain` cordons a node and its pods move to
+//! the other one; deleting the Deployment garbage-collects its
 //! ReplicaSets and pods.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -64,6 +65,13 @@ fn image_of(o: &Object) -> String {
             .and_then(|s| s.containers.first())
             .map(|c| c.image.clone())
             .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+fn node_of(o: &Object) -> String {
+    match &o.body {
+        Some(Body::Pod(p)) => p.spec.as_ref().map(|s| s.node_name.clone()).unwrap_or_default(),
         _ => String::new(),
     }
 }
@@ -268,6 +276,34 @@ async fn deployments_roll_scale_undo_and_are_collected() {
             .any(|l| l.starts_with('3') && l.contains("busybox:test")),
         "{out}"
     );
+
+    // Drain n1: it is cordoned, its pods are evicted and come back on n2; uncordon undoes it.
+    let out = run(&["drain", "n1", "--ignore-daemonsets", "--timeout-secs", "60"]);
+    assert!(
+        out.contains("node/n1 cordoned") && out.contains("node/n1 drained"),
+        "{out}"
+    );
+    let out = run(&["get", "nodes"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("n1") && l.contains("SchedulingDisabled")),
+        "{out}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = pods(&mut c).await;
+        let on_n2 = p
+            .iter()
+            .filter(|o| ready(o) && node_of(o) == "n2")
+            .count();
+        if on_n2 == 2 && p.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pods never moved to n2");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let out = run(&["uncordon", "n1"]);
+    assert_eq!(out.trim(), "node/n1 uncordoned");
 
     // Deleting the Deployment takes its ReplicaSets and pods (garbage collection).
     run(&["delete", "deployment", "nginx-deployment"]);

@@ -78,6 +78,12 @@ enum Command {
         #[command(subcommand)]
         command: workload::RolloutCommand,
     },
+    /// Mark a node unschedulable: new pods go elsewhere, running ones stay.
+    Cordon(workload::NodeArgs),
+    /// Mark a node schedulable again.
+    Uncordon(workload::NodeArgs),
+    /// Cordon a node and evict its pods (not DaemonSets'), waiting until they are gone.
+    Drain(workload::DrainArgs),
     /// Describe a kind's fields, or a field's: `explain deployment.spec.strategy`.
     Explain {
         /// RESOURCE[.field[.field...]]
@@ -332,6 +338,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Annotate(args) => cli::set_metadata(&conn, args, true).await,
         Command::Token { command } => token::run(&conn, command).await,
         Command::Scale(args) => workload::scale(&conn, args).await,
+        Command::Cordon(args) => workload::cordon(&conn, args, true).await,
+        Command::Uncordon(args) => workload::cordon(&conn, args, false).await,
+        Command::Drain(args) => workload::drain(&conn, args).await,
         Command::Rollout { command } => workload::rollout(&conn, command).await,
         Command::Logs(args) => cli::logs(&conn, args).await,
         Command::Exec(args) => {

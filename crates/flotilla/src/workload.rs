@@ -369,3 +369,169 @@ async fn set_paused(c: &mut Client, target: &Target, pause: bool) -> anyhow::Res
     }
     Ok(())
 }
+
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// The node's name.
+    node: String,
+}
+
+#[derive(clap::Args)]
+pub struct DrainArgs {
+    node: String,
+    /// Go on although the node runs DaemonSet pods (they are left alone: their controller
+    /// would put them back).
+    #[arg(long)]
+    ignore_daemonsets: bool,
+    /// Also delete pods no controller will re-create.
+    #[arg(long)]
+    force: bool,
+    /// Give each pod this long to stop (default: its own terminationGracePeriodSeconds).
+    #[arg(long)]
+    grace_period: Option<i64>,
+    /// Give up waiting for the pods to go after this many seconds (0: wait as long as it takes).
+    #[arg(long, default_value_t = 0)]
+    timeout_secs: u64,
+}
+
+async fn set_unschedulable(c: &mut Client, node: &str, on: bool) -> anyhow::Result<()> {
+    let key = ObjectKey {
+        kind: "Node".into(),
+        namespace: String::new(),
+        name: node.into(),
+    };
+    let (_, changed) = modify(c, &key, |o| {
+        let Some(Body::Node(n)) = &mut o.body else {
+            bail!("{node} is not a node");
+        };
+        let spec = n.spec.get_or_insert_with(Default::default);
+        if spec.unschedulable == on {
+            return Ok(false);
+        }
+        spec.unschedulable = on;
+        Ok(true)
+    })
+    .await?;
+    let verb = if on { "cordoned" } else { "uncordoned" };
+    if changed {
+        println!("node/{node} {verb}");
+    } else {
+        println!("node/{node} already {verb}");
+    }
+    Ok(())
+}
+
+pub async fn cordon(conn: &Conn, a: NodeArgs, on: bool) -> anyhow::Result<()> {
+    let mut c = conn.client().await?;
+    set_unschedulable(&mut c, &a.node, on).await
+}
+
+fn controller_kind(o: &Object) -> Option<&str> {
+    o.meta()
+        .owner_references
+        .iter()
+        .find(|r| r.controller)
+        .map(|r| r.kind.as_str())
+}
+
+/// kubectl drain: cordon, then evict every pod but DaemonSets', waiting until they are gone.
+pub async fn drain(conn: &Conn, a: DrainArgs) -> anyhow::Result<()> {
+    let mut c = conn.client().await?;
+    set_unschedulable(&mut c, &a.node, true).await?;
+    let field = format!("spec.nodeName={}", a.node);
+    let (pods, _) = c.list_fields("Pod", "", "", &field, false).await?;
+    let finished = |o: &Object| {
+        matches!(
+            &o.body,
+            Some(Body::Pod(p)) if p.status.as_ref().is_some_and(|s| s.phase == "Succeeded" || s.phase == "Failed")
+        )
+    };
+    let daemon: Vec<&Object> = pods
+        .iter()
+        .filter(|p| controller_kind(p) == Some("DaemonSet"))
+        .collect();
+    let unmanaged: Vec<&Object> = pods
+        .iter()
+        .filter(|p| controller_kind(p).is_none() && !finished(p))
+        .collect();
+    let mut problems = Vec::new();
+    if !daemon.is_empty() && !a.ignore_daemonsets {
+        problems.push(format!(
+            "cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore): {}",
+            names(&daemon)
+        ));
+    }
+    if !unmanaged.is_empty() && !a.force {
+        problems.push(format!(
+            "cannot delete Pods that declare no controller (use --force to override): {}",
+            names(&unmanaged)
+        ));
+    }
+    if !problems.is_empty() {
+        bail!("unable to drain node {:?}: {}", a.node, problems.join("; "));
+    }
+    if !daemon.is_empty() {
+        println!("Warning: ignoring DaemonSet-managed Pods: {}", names(&daemon));
+    }
+    let evict: Vec<&Object> = pods
+        .iter()
+        .filter(|p| controller_kind(p) != Some("DaemonSet"))
+        .collect();
+    for p in &evict {
+        let m = p.meta();
+        println!("evicting pod {}/{}", m.namespace, m.name);
+        let r = c
+            .delete(flotilla_api::pb::api::DeleteRequest {
+                key: Some(p.key()),
+                expected_resource_version: None,
+                expected_uid: Some(m.uid.clone()),
+                grace_period_seconds: a.grace_period,
+            })
+            .await;
+        match r {
+            Ok(_) => {}
+            Err(e) if e.code() == flotilla_api::ErrorCode::NotFound => {}
+            Err(e) if e.code() == flotilla_api::ErrorCode::Conflict => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let deadline = (a.timeout_secs > 0).then(|| Instant::now() + Duration::from_secs(a.timeout_secs));
+    let mut waiting: Vec<(ObjectKey, String)> = evict
+        .iter()
+        .map(|p| (p.key(), p.meta().uid.clone()))
+        .collect();
+    while !waiting.is_empty() {
+        let mut still = Vec::new();
+        for (key, uid) in waiting {
+            match c.get(key.clone(), false).await {
+                Ok((o, _)) if o.meta().uid == uid => still.push((key, uid)),
+                Ok(_) => println!("pod/{} evicted", key.name),
+                Err(e) if e.code() == flotilla_api::ErrorCode::NotFound => {
+                    println!("pod/{} evicted", key.name)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        waiting = still;
+        if waiting.is_empty() {
+            break;
+        }
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            bail!(
+                "drain did not complete within {} s: {} pods still terminating",
+                a.timeout_secs,
+                waiting.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!("node/{} drained", a.node);
+    Ok(())
+}
+
+fn names(pods: &[&Object]) -> String {
+    pods.iter()
+        .map(|p| format!("{}/{}", p.meta().namespace, p.meta().name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -209,6 +209,14 @@ impl Cluster {
         }
     }
 
+    /// Send a signal to a running server (SIGSTOP / SIGCONT to pause and resume it).
+    pub fn signal(&self, id: u64, sig: nix::sys::signal::Signal) {
+        if let Some(c) = self.servers.get(&id).and_then(|s| s.child.as_ref()) {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, sig);
+        }
+    }
+
     /// SIGTERM and wait (bounded) for an orderly exit; returns the exit status.
     pub fn stop(&mut self, id: u64) -> Option<std::process::ExitStatus> {
         let mut c = self.servers.get_mut(&id).and_then(|s| s.child.take())?;

@@ -71,7 +71,11 @@ fn image_of(o: &Object) -> String {
 
 fn node_of(o: &Object) -> String {
     match &o.body {
-        Some(Body::Pod(p)) => p.spec.as_ref().map(|s| s.node_name.clone()).unwrap_or_default(),
+        Some(Body::Pod(p)) => p
+            .spec
+            .as_ref()
+            .map(|s| s.node_name.clone())
+            .unwrap_or_default(),
         _ => String::new(),
     }
 }
@@ -292,10 +296,7 @@ async fn deployments_roll_scale_undo_and_are_collected() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let p = pods(&mut c).await;
-        let on_n2 = p
-            .iter()
-            .filter(|o| ready(o) && node_of(o) == "n2")
-            .count();
+        let on_n2 = p.iter().filter(|o| ready(o) && node_of(o) == "n2").count();
         if on_n2 == 2 && p.len() == 2 {
             break;
         }

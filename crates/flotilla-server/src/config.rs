@@ -109,6 +109,8 @@ pub struct Limits {
     /// How often the scheduler tries again the pods that fit nowhere, even if nothing it
     /// watches changed (kube-scheduler flushes its unschedulable queue every 60 s).
     pub unschedulable_retry_ms: u64,
+    /// Pods bound per fenced batch (one log entry); at most `max_batch_writes`.
+    pub scheduler_bind_batch: usize,
     /// Objects the controller-manager reconciles per round before it writes.
     pub controller_round_keys: usize,
     /// A node whose Lease the controller-manager has not seen renewed for this long is
@@ -149,6 +151,7 @@ impl Default for Limits {
             role_lease_duration_ms: 15_000,
             role_retry_ms: 2_000,
             unschedulable_retry_ms: 30_000,
+            scheduler_bind_batch: 1000,
             controller_round_keys: 1000,
             node_grace_period_ms: 40_000,
             default_unreachable_toleration_seconds: 300,

@@ -191,6 +191,8 @@ struct Manager {
     /// Our last writes' revision: no round until the cache has seen it.
     barrier: Option<(u64, Instant)>,
     held: Option<i64>,
+    /// An epoch whose writes fencing refused: do nothing at it until the elections move on.
+    deposed: Option<i64>,
     /// Node name → (its Lease's renewTime, when this server saw that renewTime first, ms).
     heard: HashMap<String, (String, i64)>,
 }
@@ -217,6 +219,7 @@ impl Manager {
             failures: HashMap::new(),
             barrier: None,
             held: None,
+            deposed: None,
             heard: HashMap::new(),
         }
     }
@@ -364,6 +367,9 @@ impl Manager {
                 }
             }
             let Some(epoch) = epoch else { continue };
+            if self.deposed == Some(epoch) {
+                continue;
+            }
             if let Some((rev, since)) = self.barrier {
                 let waited_too_long =
                     since.elapsed() > Duration::from_millis(self.node.limits.write_timeout_ms);
@@ -494,6 +500,12 @@ impl Manager {
                     revision = Some(r.revision);
                     for (k, res) in batch_keys.iter().zip(r.results) {
                         if let Some(write_result::Result::Error(e)) = res.result {
+                            if e.code == ErrorCode::Fenced as i32 {
+                                if self.deposed != Some(epoch) {
+                                    tracing::warn!(epoch, "controller-manager: writes refused by fencing; another server holds the role now");
+                                }
+                                self.deposed = Some(epoch);
+                            }
                             // A lost race for an Event series is not worth a retry.
                             if e.code == ErrorCode::AlreadyExists as i32
                                 && e.message.contains("Event")

@@ -38,6 +38,8 @@ pub enum Action {
     Take { epoch: i64 },
     /// Held by `holder` until it expires.
     Wait { holder: String },
+    /// Ours, but we lead Raft: give it up so a follower takes it at once.
+    Release { epoch: i64 },
 }
 
 fn time_ms(t: &Option<String>) -> Option<i64> {
@@ -47,9 +49,19 @@ fn time_ms(t: &Option<String>) -> Option<i64> {
         .map(|d| d.as_millis() as i64)
 }
 
-pub fn decide(lease: Option<&Object>, me: &str, now_ms: i64) -> Action {
+/// `raft_leader`: this server leads Raft and others could hold the role. Roles then stay on
+/// followers (the leader releases them and takes them only when nobody else has for a whole
+/// extra lease duration), so losing the Raft leader never also loses a role holder: scheduling
+/// and reconciliation resume as soon as a new Raft leader is elected.
+pub fn decide(lease: Option<&Object>, me: &str, now_ms: i64, raft_leader: bool) -> Action {
     let Some(o) = lease else {
-        return Action::Create;
+        return if raft_leader {
+            Action::Wait {
+                holder: String::new(),
+            }
+        } else {
+            Action::Create
+        };
     };
     let spec = match &o.body {
         Some(Body::Lease(l)) => l.spec.clone().unwrap_or_default(),
@@ -58,11 +70,22 @@ pub fn decide(lease: Option<&Object>, me: &str, now_ms: i64) -> Action {
     let epoch = i64::from(spec.lease_transitions.unwrap_or(0));
     let holder = spec.holder_identity.clone().unwrap_or_default();
     if holder == me {
-        return Action::Renew { epoch };
+        return if raft_leader {
+            Action::Release { epoch }
+        } else {
+            Action::Renew { epoch }
+        };
     }
     let duration_ms = i64::from(spec.lease_duration_seconds.unwrap_or(0).max(0)) * 1000;
     let renewed = time_ms(&spec.renew_time).unwrap_or(0);
-    if holder.is_empty() || now_ms > renewed.saturating_add(duration_ms) {
+    // A Raft leader waits one more lease duration: a follower should take it first.
+    let patience = if raft_leader {
+        2 * duration_ms
+    } else {
+        duration_ms
+    };
+    let free = holder.is_empty() && !raft_leader;
+    if free || now_ms > renewed.saturating_add(patience) {
         Action::Take { epoch: epoch + 1 }
     } else {
         Action::Wait { holder }
@@ -158,7 +181,7 @@ async fn run(
     // even if the write is merely slow (the fence would refuse us anyway).
     let mut held_since_ms: Option<i64> = None;
     loop {
-        match step(&api, role, &me, duration_s).await {
+        match step(&node, &api, role, &me, duration_s).await {
             Ok(Some(epoch)) => {
                 if *tx.borrow() != Some(epoch) {
                     tracing::info!(role, epoch, "holding the role's lease");
@@ -189,6 +212,7 @@ async fn run(
 
 /// One round: the epoch this server holds the role at after it, if any.
 async fn step(
+    node: &Node,
     api: &ObjectApi,
     role: &str,
     me: &str,
@@ -220,8 +244,34 @@ async fn step(
         renew_time: Some(stamp.clone()),
         lease_transitions: Some(epoch as i32),
     };
-    let (write, epoch) = match decide(current.as_ref(), me, now) {
+    let raft_leader = node.is_leader() && node.members().len() > 1;
+    let (write, epoch) = match decide(current.as_ref(), me, now, raft_leader) {
         Action::Wait { .. } => return Ok(None),
+        Action::Release { epoch } => {
+            // Give the role up: holder cleared, epoch kept; a follower takes it (epoch + 1).
+            let Some(mut o) = current else {
+                return Ok(None);
+            };
+            if let Some(Body::Lease(l)) = &mut o.body {
+                let s = l.spec.get_or_insert_with(Default::default);
+                s.holder_identity = Some(String::new());
+                s.lease_transitions = Some(epoch as i32);
+            }
+            return match api
+                .update(tonic::Request::new(UpdateRequest { object: Some(o) }))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(
+                        role,
+                        epoch,
+                        "released the role's lease to a follower (this server leads Raft)"
+                    );
+                    Ok(None)
+                }
+                Err(s) => Err(s.message().to_string()),
+            };
+        }
         Action::Create => {
             let o = Object {
                 api_version: "coordination.k8s.io/v1".into(),
@@ -287,28 +337,61 @@ mod tests {
     }
 
     #[test]
-    fn create_renew_wait_and_take() {
+    fn the_raft_leader_leaves_roles_to_followers() {
         let t = 1_800_000_000_000;
-        assert_eq!(decide(None, "server-1", t), Action::Create);
+        let wait = Action::Wait {
+            holder: String::new(),
+        };
+        assert_eq!(decide(None, "server-1", t, true), wait);
         let mine = lease("server-1", t, 15, 3);
         assert_eq!(
-            decide(Some(&mine), "server-1", t + 60_000),
+            decide(Some(&mine), "server-1", t, true),
+            Action::Release { epoch: 3 }
+        );
+        let released = lease("", t, 15, 3);
+        assert_eq!(
+            decide(Some(&released), "server-1", t + 1_000, true),
+            Action::Wait {
+                holder: String::new()
+            }
+        );
+        // Nobody took it for a whole extra duration: the leader does.
+        assert_eq!(
+            decide(Some(&released), "server-1", t + 30_001, true),
+            Action::Take { epoch: 4 }
+        );
+        let theirs = lease("server-2", t, 15, 3);
+        assert_eq!(
+            decide(Some(&theirs), "server-1", t + 15_001, true),
+            Action::Wait {
+                holder: "server-2".into()
+            }
+        );
+    }
+
+    #[test]
+    fn create_renew_wait_and_take() {
+        let t = 1_800_000_000_000;
+        assert_eq!(decide(None, "server-1", t, false), Action::Create);
+        let mine = lease("server-1", t, 15, 3);
+        assert_eq!(
+            decide(Some(&mine), "server-1", t + 60_000, false),
             Action::Renew { epoch: 3 }
         );
         let theirs = lease("server-2", t, 15, 3);
         assert_eq!(
-            decide(Some(&theirs), "server-1", t + 10_000),
+            decide(Some(&theirs), "server-1", t + 10_000, false),
             Action::Wait {
                 holder: "server-2".into()
             }
         );
         assert_eq!(
-            decide(Some(&theirs), "server-1", t + 15_001),
+            decide(Some(&theirs), "server-1", t + 15_001, false),
             Action::Take { epoch: 4 }
         );
         let released = lease("", t, 15, 3);
         assert_eq!(
-            decide(Some(&released), "server-1", t),
+            decide(Some(&released), "server-1", t, false),
             Action::Take { epoch: 4 }
         );
     }

@@ -57,6 +57,7 @@ async fn run(node: Arc<Node>, api: Arc<ObjectApi>, elections: Elections) {
         .map(|(_, rx)| rx.clone());
     let retry = Duration::from_millis(node.limits.unschedulable_retry_ms.max(100));
     let mut retry_tick = tokio::time::interval(retry);
+    let mut deposed: Option<i64> = None;
     retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let role_changed = async {
@@ -85,11 +86,25 @@ async fn run(node: Arc<Node>, api: Arc<ObjectApi>, elections: Elections) {
         let Some(epoch) = elections.epoch(ROLE) else {
             continue;
         };
-        let batch = node.limits.max_batch_writes.max(1);
+        // Refused by fencing at this epoch: someone else holds the role now, whatever the
+        // election loop has not noticed yet. Wait for it to say so.
+        if deposed == Some(epoch) {
+            continue;
+        }
+        let batch = node
+            .limits
+            .scheduler_bind_batch
+            .min(node.limits.max_batch_writes)
+            .max(1);
         while cluster.pending_count() > 0 && elections.epoch(ROLE) == Some(epoch) {
             let (placed, unplaced) = cluster.next_batch(batch);
-            if !placed.is_empty() {
-                bind(&node, &api, &mut cluster, placed, epoch).await;
+            if !placed.is_empty() && bind(&node, &api, &mut cluster, placed, epoch).await {
+                tracing::warn!(
+                    epoch,
+                    "scheduler: bindings refused by fencing; another server holds the role now"
+                );
+                deposed = Some(epoch);
+                break;
             }
             let report: Vec<Unplaced> = unplaced.into_iter().filter(|u| u.report).collect();
             if !report.is_empty() {
@@ -102,13 +117,14 @@ async fn run(node: Arc<Node>, api: Arc<ObjectApi>, elections: Elections) {
     }
 }
 
+/// Bind the placements in one fenced batch; true when fencing refused them (deposed).
 async fn bind(
     node: &Node,
     api: &ObjectApi,
     cluster: &mut Cluster,
     placed: Vec<Placement>,
     epoch: i64,
-) {
+) -> bool {
     let f = fence(ROLE, epoch);
     let writes: Vec<Write> = placed
         .iter()
@@ -129,11 +145,14 @@ async fn bind(
     {
         Ok(r) => {
             let mut bound = 0u64;
+            let mut fenced = false;
             for (key, res) in keys.iter().zip(r.into_inner().results) {
                 match res.result {
                     Some(write_result::Result::Object(_)) => bound += 1,
                     Some(write_result::Result::Error(e)) => {
-                        if e.code != ErrorCode::Fenced as i32 {
+                        if e.code == ErrorCode::Fenced as i32 {
+                            fenced = true;
+                        } else {
                             tracing::debug!(pod = %key, "bind refused: {}", e.message);
                         }
                         cluster.bind_failed(key);
@@ -142,6 +161,7 @@ async fn bind(
                 }
             }
             node.metrics.pods_bound.inc_by(bound);
+            fenced
         }
         Err(s) => {
             tracing::warn!(pods = keys.len(), "bind batch failed: {}", s.message());
@@ -150,6 +170,7 @@ async fn bind(
             }
             // Do not spin against a store that cannot take writes.
             tokio::time::sleep(Duration::from_millis(200)).await;
+            false
         }
     }
 }

@@ -471,7 +471,10 @@ pub async fn drain(conn: &Conn, a: DrainArgs) -> anyhow::Result<()> {
         bail!("unable to drain node {:?}: {}", a.node, problems.join("; "));
     }
     if !daemon.is_empty() {
-        println!("Warning: ignoring DaemonSet-managed Pods: {}", names(&daemon));
+        println!(
+            "Warning: ignoring DaemonSet-managed Pods: {}",
+            names(&daemon)
+        );
     }
     let evict: Vec<&Object> = pods
         .iter()
@@ -495,7 +498,8 @@ pub async fn drain(conn: &Conn, a: DrainArgs) -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
-    let deadline = (a.timeout_secs > 0).then(|| Instant::now() + Duration::from_secs(a.timeout_secs));
+    let deadline =
+        (a.timeout_secs > 0).then(|| Instant::now() + Duration::from_secs(a.timeout_secs));
     let mut waiting: Vec<(ObjectKey, String)> = evict
         .iter()
         .map(|p| (p.key(), p.meta().uid.clone()))

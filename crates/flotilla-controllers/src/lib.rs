@@ -10,8 +10,11 @@
 //! `flotilla-server`.
 
 pub mod common;
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod gc;
+pub mod job;
 pub mod nodes;
 pub mod replicaset;
 

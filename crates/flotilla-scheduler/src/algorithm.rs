@@ -136,7 +136,8 @@ fn term_matches(term: &NodeSelectorTerm, node: &NodeInfo) -> bool {
         })
 }
 
-fn node_affinity_fits(pod: &PodInfo, node: &NodeInfo) -> bool {
+/// nodeSelector and required node affinity.
+pub fn node_affinity_fits(pod: &PodInfo, node: &NodeInfo) -> bool {
     if !pod
         .node_selector
         .iter()

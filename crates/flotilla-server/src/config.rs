@@ -123,6 +123,9 @@ pub struct Limits {
     pub default_unreachable_toleration_seconds: u64,
     /// How often the controller-manager checks every node (Kubernetes: 5 s).
     pub node_monitor_period_ms: u64,
+    /// Shifts the clock the controllers reconcile with (CronJob schedules, deadlines, TTLs).
+    /// For tests and demos only: 0 in production.
+    pub controller_clock_offset_ms: i64,
 }
 
 impl Default for Limits {
@@ -156,6 +159,7 @@ impl Default for Limits {
             node_grace_period_ms: 40_000,
             default_unreachable_toleration_seconds: 300,
             node_monitor_period_ms: 5_000,
+            controller_clock_offset_ms: 0,
         }
     }
 }

@@ -34,9 +34,25 @@ use crate::node::Node;
 pub const ROLE: &str = "controller-manager";
 const COMPONENT: &str = "controller-manager";
 /// The kinds the controllers watch (owners before dependents).
-const KINDS: [&str; 5] = ["Node", "Lease", "Deployment", "ReplicaSet", "Pod"];
+const KINDS: [&str; 8] = [
+    "Node",
+    "Lease",
+    "CronJob",
+    "Job",
+    "DaemonSet",
+    "Deployment",
+    "ReplicaSet",
+    "Pod",
+];
 /// The kinds reconciled when they (or their dependents) change.
-const OWNER_KINDS: [&str; 3] = ["Deployment", "ReplicaSet", "Node"];
+const OWNER_KINDS: [&str; 6] = [
+    "Deployment",
+    "ReplicaSet",
+    "Node",
+    "DaemonSet",
+    "Job",
+    "CronJob",
+];
 /// Pods a ReplicaSet creates or deletes per reconcile (Kubernetes' burstReplicas).
 const BURST: usize = 500;
 const FEED_BATCH: usize = 20_000;
@@ -234,8 +250,22 @@ impl Manager {
                 }
                 Change::Upsert(o) if o.kind == "Lease" => self.heard_from(&o),
                 Change::Delete(o) if o.kind == "Lease" => {}
-                Change::Upsert(o) => self.cache.apply(o, false, &mut self.dirty, &mut self.gc),
+                Change::Upsert(o) => {
+                    if o.kind == "Node" {
+                        self.daemonsets_dirty();
+                    }
+                    self.cache.apply(o, false, &mut self.dirty, &mut self.gc)
+                }
                 Change::Delete(o) => self.cache.apply(o, true, &mut self.dirty, &mut self.gc),
+            }
+        }
+    }
+
+    /// Nodes changed: every DaemonSet may want a pod more or less.
+    fn daemonsets_dirty(&mut self) {
+        if let Some(map) = self.cache.objects.get("DaemonSet") {
+            for k in map.keys() {
+                self.dirty.insert(("DaemonSet".to_string(), k.clone()));
             }
         }
     }
@@ -415,10 +445,29 @@ impl Manager {
                     .collect();
                 deployment::reconcile(o, &rss, &counts, now_ms)
             }
+            "Job" => {
+                let pods = self.cache.dependents_of(o, "Pod");
+                flotilla_controllers::job::reconcile(o, &pods, now_ms, BURST, &mut suffix)
+            }
+            "CronJob" => {
+                let jobs = self.cache.dependents_of(o, "Job");
+                flotilla_controllers::cronjob::reconcile(o, &jobs, now_ms)
+            }
+            "DaemonSet" => {
+                let nodes: Vec<&Object> = self
+                    .cache
+                    .objects
+                    .get("Node")
+                    .map(|m| m.values().collect())
+                    .unwrap_or_default();
+                let pods = self.cache.dependents_of(o, "Pod");
+                flotilla_controllers::daemonset::reconcile(o, &nodes, &pods, now_ms, &mut suffix)
+            }
             "Node" => {
                 let name = &o.meta().name;
                 // A node never heard of is heard of now (its Lease may not exist yet).
-                let last = self.heard.get(name).map(|h| h.1).unwrap_or(now_ms);
+                let real_now = crate::now_ms();
+                let last = self.heard.get(name).map(|h| h.1).unwrap_or(real_now);
                 let settings = flotilla_controllers::nodes::Settings {
                     grace_ms: self.node.limits.node_grace_period_ms as i64,
                     default_toleration_seconds: self
@@ -428,7 +477,8 @@ impl Manager {
                         as i64,
                 };
                 let pods = self.cache.pods_on(name);
-                flotilla_controllers::nodes::reconcile(o, last, now_ms, settings, &pods)
+                // Heard-from times are this server's own clock, never the shifted one.
+                flotilla_controllers::nodes::reconcile(o, last, real_now, settings, &pods)
             }
             _ => Reconciled::default(),
         }
@@ -469,7 +519,8 @@ impl Manager {
     /// One round: reconcile up to a bounded number of dirty keys and write the result. The
     /// revision of the last write, if any was made.
     async fn round(&mut self, epoch: i64) -> Option<u64> {
-        let now_ms = crate::now_ms();
+        // The controllers' clock (shifted in tests, e.g. to bring a CronJob's time near).
+        let now_ms = crate::now_ms().saturating_add(self.node.limits.controller_clock_offset_ms);
         let limit = self.node.limits.controller_round_keys.max(1);
         let keys: Vec<Key> = self.dirty.iter().take(limit).cloned().collect();
         for k in &keys {

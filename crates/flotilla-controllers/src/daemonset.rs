@@ -224,7 +224,7 @@ pub fn reconcile(
             });
         }
     }
-    let old = d.status.clone().unwrap_or_default();
+    let old = d.status.unwrap_or_default();
     let st = DaemonSetStatus {
         current_number_scheduled: current,
         number_misscheduled: misscheduled,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Bring up the local three-server cluster (cluster-configs/three-node) and run the example
-# workload against it. `demo.sh down` stops the servers. Run from anywhere; data and logs go to
+# Bring up the local three-server cluster (cluster-configs/three-node) with one agent and run
+# the example Deployment on it. `demo.sh down` stops the servers. Run from anywhere; data and logs go to
 # data/local-three/ under the repository root.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -11,9 +11,10 @@ export FLOTILLA_SERVER=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
 
 down() {
     export FLOTILLA_CONFIG="$logs/server-1/admin.conf"
-    # The agent stops the demo pod's container itself; containers outlive their agent.
-    if [ -f "$logs/agent-1.pid" ] && "$bin" delete pod hello-flotilla --wait=false >/dev/null 2>&1; then
-        for _ in $(seq 1 50); do
+    # The agent stops the demo's containers itself (the Deployment's pods go with it, by
+    # garbage collection); containers outlive their agent.
+    if [ -f "$logs/agent-1.pid" ] && "$bin" delete deployment nginx-deployment >/dev/null 2>&1; then
+        for _ in $(seq 1 150); do
             [ -z "$(runc --root "$logs/agent-1/runtime/runc" list -q 2>/dev/null)" ] && break
             sleep 0.2
         done
@@ -105,38 +106,24 @@ else
 fi
 "$bin" get nodes -o wide
 echo
-for f in cluster-configs/examples/*.yaml; do
-    "$bin" apply -f "$f"
-done
+"$bin" apply -f cluster-configs/examples/configmaps.yaml
 "$bin" get configmaps -l app=game
 echo
-"$bin" get deployments
-"$bin" get pods
-echo
-"$bin" get configmap game-demo -o yaml
-echo
 if [ "$run_pods" = yes ]; then
-    # A pod bound to node-1 (no scheduler yet), from the local registry, run by runc.
-    "$bin" apply -f - <<'YAML'
-apiVersion: v1
-kind: Pod
-metadata:
-  name: hello-flotilla
-spec:
-  nodeName: node-1
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: hello
-    image: 127.0.0.1:5000/busybox:test
-    command: ["sh", "-c", "echo hello from $(hostname); exec sleep 3600"]
-YAML
-    for _ in $(seq 1 150); do
-        "$bin" get pod hello-flotilla -o json 2>/dev/null | grep -q '"phase": "Running"' && break
-        sleep 0.2
-    done
+    # The classic nginx-deployment, its image swapped for the local test image (busybox's
+    # httpd on port 80): the scheduler places its pods, the controllers keep 2 replicas.
+    sed -e "s|image: nginx:1.7.9|image: 127.0.0.1:5000/busybox:test\n        command: [\"httpd\", \"-f\", \"-p\", \"80\"]|" \
+        cluster-configs/examples/nginx-deployment.yaml | "$bin" apply -f -
+    "$bin" rollout status deployment/nginx-deployment --timeout-secs 180
+    "$bin" get deployments
     "$bin" get pods -o wide
-    "$bin" logs hello-flotilla
-    "$bin" exec hello-flotilla -- uname -a
+    pod="$("$bin" get pods -l app=nginx -o name | head -n 1)"
+    "$bin" exec "${pod#pod/}" -- hostname
+    "$bin" scale deployment/nginx-deployment --replicas 3
+    "$bin" rollout status deployment/nginx-deployment --timeout-secs 180
+    "$bin" get deployment nginx-deployment
+    echo
+    "$bin" cluster status
     echo
 fi
 echo "The cluster keeps running. Try: $bin get cm -w   (and apply from another shell)"

@@ -885,6 +885,8 @@ pub fn status_table(st: &ClusterStatus) -> String {
             },
             if r.expired {
                 "expired".to_string()
+            } else if r.lease_duration_seconds == 0 {
+                "-".to_string()
             } else {
                 format!("{}s", r.lease_duration_seconds)
             },

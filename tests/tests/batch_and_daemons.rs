@@ -2,7 +2,9 @@
 //! runc, the local registry): a Job with completions 5 and parallelism 2 completes with never
 //! more than 2 pods running at once; a CronJob fires at its scheduled minute on the
 //! controllers' test clock (shifted so the minute is seconds away) and its Job completes; a
-//! DaemonSet puts one pod on every node, and on a node that joins later.
+//! DaemonSet puts one pod on every node, and on a node that joins later; a StatefulSet starts
+//! `web-0`, `web-1`, `web-2` in order (each after the previous one is ready) and scales down
+//! from the highest ordinal.
 
 use std::time::{Duration, Instant};
 
@@ -44,7 +46,7 @@ fn job_done(o: &Object) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_cronjobs_and_daemonsets() {
+async fn jobs_cronjobs_daemonsets_and_statefulsets() {
     if !node_tests_possible("batch_and_daemons") {
         return;
     }
@@ -228,4 +230,70 @@ async fn jobs_cronjobs_and_daemonsets() {
             .is_some_and(|l| l.split_whitespace().nth(1) == Some("3")),
         "{out}"
     );
+
+    // A StatefulSet: ordered start, stable names, scale down from the top.
+    apply(&format!(
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: web}}\nspec:\n  serviceName: web\n  replicas: 3\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: main\n        image: {image}\n        command: [\"sleep\", \"3600\"]\n"
+    ));
+    let running_names = |pods: &[Object]| {
+        let mut n: Vec<String> = pods
+            .iter()
+            .filter(|p| phase(p) == "Running" && p.meta().deletion_timestamp_ms.is_none())
+            .map(|p| p.meta().name.clone())
+            .collect();
+        n.sort();
+        n
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let pods = loop {
+        let (pods, _) = c.list("Pod", "default", "app=web", false).await.unwrap();
+        if running_names(&pods) == ["web-0", "web-1", "web-2"] {
+            break pods;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stateful pods: {:?}",
+            running_names(&pods)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let created = |n: &str| {
+        pods.iter()
+            .find(|p| p.meta().name == n)
+            .map(|p| p.meta().creation_timestamp_ms)
+            .unwrap()
+    };
+    let t: Vec<i64> = ["web-0", "web-1", "web-2"]
+        .iter()
+        .map(|n| created(n))
+        .collect();
+    assert!(
+        t[0] < t[1] && t[1] < t[2],
+        "created in ordinal order: {t:?}"
+    );
+    let (ok, out, err) = cli(
+        &[
+            "--server",
+            &servers,
+            "scale",
+            "statefulset/web",
+            "--replicas",
+            "1",
+        ],
+        None,
+    );
+    assert!(ok, "{err}{out}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (pods, _) = c.list("Pod", "default", "app=web", false).await.unwrap();
+        let names: Vec<String> = pods.iter().map(|p| p.meta().name.clone()).collect();
+        if names == ["web-0"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stateful pods after scale down: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -1,6 +1,7 @@
 //! Proves Deployments work end to end with real processes (three servers, two agents on QUIC,
 //! runc, the local registry): the classic `nginx-deployment` manifest (image swapped for the
-//! local test image) reaches 2/2 available; `scale` to 10 and back to 2 converges; a rolling
+//! local test image) reaches 2/2 available, and a Service selecting it gets Endpoints with the
+//! ready pods; `scale` to 10 and back to 2 converges (Endpoints follow); a rolling
 //! update of the image never drops below `replicas - maxUnavailable` available pods, sampled
 //! continuously from the API during the rollout, while `rollout status` reports progress;
 //! `rollout history` lists the revisions and `rollout undo` restores the previous template
@@ -115,6 +116,37 @@ async fn wait_pods(c: &mut flotilla_client::Client, n: usize, image: &str, clust
     }
 }
 
+/// Wait until the Service's Endpoints list exactly `n` ready addresses on port 80.
+async fn wait_endpoints(c: &mut flotilla_client::Client, n: usize) {
+    let key = flotilla_api::ObjectKey {
+        kind: "Endpoints".into(),
+        namespace: "default".into(),
+        name: "nginx".into(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    loop {
+        if let Ok((o, _)) = c.get(key.clone(), false).await {
+            if let Some(Body::Endpoints(e)) = &o.body {
+                let ready: usize = e.subsets.iter().map(|s| s.addresses.len()).sum();
+                let port_ok = e
+                    .subsets
+                    .iter()
+                    .all(|s| s.ports.iter().any(|p| p.port == 80));
+                if ready == n && port_ok {
+                    return;
+                }
+            }
+            last = Some(o);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "endpoints never had {n} addresses: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployments_roll_scale_undo_and_are_collected() {
     if !node_tests_possible("deployments") {
@@ -188,6 +220,10 @@ async fn deployments_roll_scale_undo_and_are_collected() {
         "{out}"
     );
 
+    // A Service selecting the pods gets Endpoints with their addresses.
+    apply("apiVersion: v1\nkind: Service\nmetadata: {name: nginx}\nspec:\n  selector: {app: nginx}\n  ports: [{name: http, port: 80, targetPort: 80}]\n");
+    wait_endpoints(&mut c, 2).await;
+
     // Scale to 10 and back to 2.
     let out = run(&["scale", "deployment/nginx-deployment", "--replicas", "10"]);
     assert_eq!(out.trim(), "deployment.apps/nginx-deployment scaled");
@@ -199,8 +235,10 @@ async fn deployments_roll_scale_undo_and_are_collected() {
         "120",
     ]);
     wait_pods(&mut c, 10, &v1, &cluster).await;
+    wait_endpoints(&mut c, 10).await;
     run(&["scale", "deployment", "nginx-deployment", "--replicas", "2"]);
     wait_pods(&mut c, 2, &v1, &cluster).await;
+    wait_endpoints(&mut c, 2).await;
 
     // A rolling update, sampled: with 2 replicas and the default 25 % / 25 %, maxUnavailable
     // rounds down to 0, so at least 2 pods are available at every moment.

@@ -13,9 +13,11 @@ pub mod common;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod nodes;
 pub mod replicaset;
+pub mod statefulset;
 
 pub use common::{Action, Reconciled};

@@ -34,24 +34,29 @@ use crate::node::Node;
 pub const ROLE: &str = "controller-manager";
 const COMPONENT: &str = "controller-manager";
 /// The kinds the controllers watch (owners before dependents).
-const KINDS: [&str; 8] = [
+const KINDS: [&str; 11] = [
     "Node",
     "Lease",
+    "Service",
+    "Endpoints",
     "CronJob",
     "Job",
     "DaemonSet",
+    "StatefulSet",
     "Deployment",
     "ReplicaSet",
     "Pod",
 ];
 /// The kinds reconciled when they (or their dependents) change.
-const OWNER_KINDS: [&str; 6] = [
+const OWNER_KINDS: [&str; 8] = [
     "Deployment",
     "ReplicaSet",
     "Node",
     "DaemonSet",
+    "StatefulSet",
     "Job",
     "CronJob",
+    "Service",
 ];
 /// Pods a ReplicaSet creates or deletes per reconcile (Kubernetes' burstReplicas).
 const BURST: usize = 500;
@@ -254,10 +259,46 @@ impl Manager {
                     if o.kind == "Node" {
                         self.daemonsets_dirty();
                     }
+                    self.services_dirty(&o);
                     self.cache.apply(o, false, &mut self.dirty, &mut self.gc)
                 }
-                Change::Delete(o) => self.cache.apply(o, true, &mut self.dirty, &mut self.gc),
+                Change::Delete(o) => {
+                    self.services_dirty(&o);
+                    self.cache.apply(o, true, &mut self.dirty, &mut self.gc)
+                }
             }
+        }
+    }
+
+    /// The Services whose Endpoints `o` (a pod, before and after the change, or their own
+    /// Endpoints) may change.
+    fn services_dirty(&mut self, o: &Object) {
+        let ns = o.meta().namespace.clone();
+        match o.kind.as_str() {
+            "Endpoints" => {
+                self.dirty
+                    .insert(("Service".into(), format!("{ns}/{}", o.meta().name)));
+            }
+            "Pod" => {
+                let old = self.cache.get(&key_of(o)).cloned();
+                let Some(services) = self.cache.objects.get("Service") else {
+                    return;
+                };
+                let prefix = format!("{ns}/");
+                let hits: Vec<Key> = services
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .filter(|(_, svc)| {
+                        flotilla_controllers::endpoints::selects(svc, o)
+                            || old
+                                .as_ref()
+                                .is_some_and(|p| flotilla_controllers::endpoints::selects(svc, p))
+                    })
+                    .map(|(k, _)| ("Service".to_string(), k.clone()))
+                    .collect();
+                self.dirty.extend(hits);
+            }
+            _ => {}
         }
     }
 
@@ -444,6 +485,42 @@ impl Manager {
                     })
                     .collect();
                 deployment::reconcile(o, &rss, &counts, now_ms)
+            }
+            "StatefulSet" => {
+                let pods = self.cache.dependents_of(o, "Pod");
+                flotilla_controllers::statefulset::reconcile(o, &pods, now_ms)
+            }
+            "Service" => {
+                let ns = &o.meta().namespace;
+                let prefix = format!("{ns}/");
+                let pods: Vec<&Object> = self
+                    .cache
+                    .objects
+                    .get("Pod")
+                    .map(|m| {
+                        m.range(prefix.clone()..)
+                            .take_while(|(k, _)| k.starts_with(&prefix))
+                            .map(|(_, p)| p)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let existing = self
+                    .cache
+                    .get(&("Endpoints".to_string(), format!("{ns}/{}", o.meta().name)));
+                let node_ip = |name: &str| -> Option<String> {
+                    let n = self.cache.get(&("Node".to_string(), format!("/{name}")))?;
+                    match &n.body {
+                        Some(Body::Node(x)) => x
+                            .status
+                            .as_ref()?
+                            .addresses
+                            .iter()
+                            .find(|a| a.r#type == "InternalIP")
+                            .map(|a| a.address.clone()),
+                        _ => None,
+                    }
+                };
+                flotilla_controllers::endpoints::reconcile(o, &pods, &node_ip, existing)
             }
             "Job" => {
                 let pods = self.cache.dependents_of(o, "Pod");

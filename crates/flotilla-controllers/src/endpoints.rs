@@ -72,6 +72,9 @@ fn resolve_ports(spec: &flotilla_api::pb::api::ServiceSpec, pod: &Object) -> Vec
     out
 }
 
+/// Pods with the same resolved ports share a subset: (name, port, protocol) of each.
+type PortsKey = Vec<(String, i32, String)>;
+
 /// The Endpoints a Service should have. `pods`: the namespace's pods; `node_ip`: a node's
 /// InternalIP by name; `existing`: the Endpoints object now stored, if any.
 pub fn reconcile(
@@ -88,11 +91,9 @@ pub fn reconcile(
     if spec.selector.is_empty() || svc.meta().deletion_timestamp_ms.is_some() {
         return out;
     }
-    let mut groups: BTreeMap<
-        Vec<(String, i32, String)>,
-        (Vec<EndpointAddress>, Vec<EndpointAddress>),
-    > = BTreeMap::new();
-    let mut ports_of: BTreeMap<Vec<(String, i32, String)>, Vec<EndpointPort>> = BTreeMap::new();
+    let mut groups: BTreeMap<PortsKey, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
+        BTreeMap::new();
+    let mut ports_of: BTreeMap<PortsKey, Vec<EndpointPort>> = BTreeMap::new();
     for p in pods.iter().filter(|p| selects(svc, p)) {
         let Some(Body::Pod(pod)) = &p.body else {
             continue;
@@ -114,7 +115,7 @@ pub fn reconcile(
         if ports.is_empty() && !spec.ports.is_empty() {
             continue;
         }
-        let key: Vec<(String, i32, String)> = ports
+        let key: PortsKey = ports
             .iter()
             .map(|p| (p.name.clone(), p.port, p.protocol.clone()))
             .collect();

@@ -44,6 +44,9 @@ pub struct AgentConfig {
     /// First delay of a crashing container's restart backoff (Kubernetes: 10 s).
     pub crash_backoff_initial_ms: u64,
     pub image_gc: pods::ImageGc,
+    /// A QUIC endpoint to open sessions on instead of one per session: lets one process
+    /// simulate many nodes (the scheduling benchmark's hollow nodes) on one UDP socket.
+    pub shared_endpoint: Option<quinn::Endpoint>,
 }
 
 impl AgentConfig {
@@ -63,6 +66,7 @@ impl AgentConfig {
             shim_program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("flotilla")),
             crash_backoff_initial_ms: 10_000,
             image_gc: pods::ImageGc::default(),
+            shared_endpoint: None,
         }
     }
 }

@@ -133,18 +133,34 @@ async fn session(
     links: &mut Links,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Ended {
-    let ep = match flotilla_quic::client_endpoint(addr, tls) {
-        Ok(ep) => ep,
-        Err(e) => return Ended::Failed(e.to_string()),
-    };
-    let conn = match flotilla_quic::connect(&ep, addr, cfg.connect_timeout_ms).await {
-        Ok(c) => c,
-        Err(e) => return Ended::Failed(e.to_string()),
+    let (ep, conn) = match &cfg.shared_endpoint {
+        Some(ep) => {
+            let qc = match flotilla_quic::client_config(tls) {
+                Ok(c) => c,
+                Err(e) => return Ended::Failed(e.to_string()),
+            };
+            match flotilla_quic::connect_with(ep, qc, addr, cfg.connect_timeout_ms).await {
+                Ok(c) => (None, c),
+                Err(e) => return Ended::Failed(e.to_string()),
+            }
+        }
+        None => {
+            let ep = match flotilla_quic::client_endpoint(addr, tls) {
+                Ok(ep) => ep,
+                Err(e) => return Ended::Failed(e.to_string()),
+            };
+            match flotilla_quic::connect(&ep, addr, cfg.connect_timeout_ms).await {
+                Ok(c) => (Some(ep), c),
+                Err(e) => return Ended::Failed(e.to_string()),
+            }
+        }
     };
     let ended = registered(cfg, addr, &conn, links, shutdown).await;
     links.server.set(None);
     conn.close(0u32.into(), b"agent session ended");
-    let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
+    if let Some(ep) = ep {
+        let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
+    }
     ended
 }
 

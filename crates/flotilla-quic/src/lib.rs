@@ -134,6 +134,39 @@ pub fn client_endpoint(target: SocketAddr, tls: rustls::ClientConfig) -> Result<
     Ok(ep)
 }
 
+/// A client configuration for [`connect_with`]: many identities can then share one endpoint
+/// (one UDP socket), as simulated nodes in a benchmark do.
+pub fn client_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| QuicError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// [`connect`] with its own client configuration on a shared endpoint.
+pub async fn connect_with(
+    ep: &quinn::Endpoint,
+    cfg: quinn::ClientConfig,
+    addr: SocketAddr,
+    timeout_ms: u64,
+) -> Result<quinn::Connection> {
+    let connecting = ep
+        .connect_with(cfg, addr, flotilla_identity::SERVER_NAME)
+        .map_err(|e| QuicError::Connect {
+            addr,
+            message: e.to_string(),
+        })?;
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), connecting).await {
+        Err(_) => Err(QuicError::ConnectTimeout { addr, timeout_ms }),
+        Ok(Err(e)) => Err(QuicError::Connect {
+            addr,
+            message: e.to_string(),
+        }),
+        Ok(Ok(c)) => Ok(c),
+    }
+}
+
 /// Connects to a server (verified as `flotilla_identity::SERVER_NAME`), bounded by `timeout_ms`.
 pub async fn connect(
     ep: &quinn::Endpoint,

@@ -83,6 +83,16 @@ struct Cache {
     pods_by_node: HashMap<String, BTreeSet<Key>>,
 }
 
+/// Marked for deletion and held by the Foreground or Orphan finalizer.
+fn finalizing(o: &Object) -> bool {
+    let m = o.meta();
+    m.deletion_timestamp_ms.is_some()
+        && m.finalizers.iter().any(|f| {
+            f == flotilla_controllers::gc::FOREGROUND_FINALIZER
+                || f == flotilla_controllers::gc::ORPHAN_FINALIZER
+        })
+}
+
 fn node_name_of(o: &Object) -> Option<&str> {
     match &o.body {
         Some(Body::Pod(p)) => p
@@ -129,14 +139,27 @@ impl Cache {
         gc: &mut BTreeSet<Key>,
     ) {
         let k = key_of(&o);
-        if let Some(old) = self.get(&k).cloned() {
-            self.unlink(&old);
+        let previous = self.get(&k).cloned();
+        if let Some(old) = &previous {
+            self.unlink(old);
         }
         let m = o.meta();
-        for r in &m.owner_references {
+        // Owners it had or has: a reference removed (orphaning) concerns the old owner too.
+        let refs = previous
+            .iter()
+            .flat_map(|p| p.meta().owner_references.iter())
+            .chain(m.owner_references.iter());
+        for r in refs {
             if let Some(owner) = self.uids.get(&r.uid) {
                 dirty.insert(owner.clone());
+                // An owner finishing a Foreground or Orphan deletion waits on its dependents.
+                if self.get(owner).is_some_and(finalizing) {
+                    gc.insert(owner.clone());
+                }
             }
+        }
+        if finalizing(&o) {
+            gc.insert(k.clone());
         }
         if OWNER_KINDS.contains(&o.kind.as_str()) {
             dirty.insert(k.clone());
@@ -571,6 +594,7 @@ impl Manager {
                 expected_resource_version: None,
                 expected_uid: Some(uid),
                 grace_period_seconds: None,
+                propagation_policy: String::new(),
             }),
             Action::Event {
                 involved,
@@ -685,6 +709,21 @@ impl Manager {
         };
         let candidates = gc::orphans(keys.iter().filter_map(|k| cache.get(k)), &exists);
         let mut writes = Vec::new();
+        // Owners finishing a Foreground or Orphan deletion.
+        for owner in keys
+            .iter()
+            .filter_map(|k| cache.get(k))
+            .filter(|o| finalizing(o))
+        {
+            let deps: Vec<&Object> = cache
+                .dependents
+                .get(&owner.meta().uid)
+                .map(|ks| ks.iter().filter_map(|k| cache.get(k)).collect())
+                .unwrap_or_default();
+            for a in gc::finalize(owner, &deps) {
+                writes.push(self.to_write(a, epoch));
+            }
+        }
         for orphan in candidates {
             // The cache may not have seen an owner yet: ask the store (linearizable).
             let mut all_gone = true;
@@ -724,18 +763,21 @@ impl Manager {
                         expected_resource_version: None,
                         expected_uid: Some(orphan.uid),
                         grace_period_seconds: None,
+                        propagation_policy: String::new(),
                     })),
                     fence: Some(fence(ROLE, epoch)),
                 });
             }
         }
         let mut revision = None;
-        for chunk in writes.chunks(self.node.limits.max_batch_writes.max(1)) {
+        let keyed: Vec<(Key, Write)> = writes
+            .into_iter()
+            .map(|w| ((String::new(), String::new()), w))
+            .collect();
+        for (_, batch) in batches(keyed, self.node.limits.max_batch_writes.max(1)) {
             if let Ok(r) = self
                 .api
-                .batch(tonic::Request::new(BatchRequest {
-                    writes: chunk.to_vec(),
-                }))
+                .batch(tonic::Request::new(BatchRequest { writes: batch }))
                 .await
             {
                 revision = Some(r.into_inner().revision);

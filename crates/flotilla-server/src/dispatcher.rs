@@ -654,6 +654,7 @@ impl Dispatcher {
                     expected_resource_version: None,
                     expected_uid: Some(stored.meta().uid.clone()),
                     grace_period_seconds: Some(0),
+                    propagation_policy: String::new(),
                 })),
                 fence: None,
             });

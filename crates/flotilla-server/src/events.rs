@@ -34,6 +34,7 @@ pub fn expired(events: &[Object], now_ms: i64, ttl_ms: u64) -> Vec<Write> {
                 expected_resource_version: Some(o.meta().resource_version),
                 expected_uid: None,
                 grace_period_seconds: None,
+                propagation_policy: String::new(),
             })),
             fence: None,
         })

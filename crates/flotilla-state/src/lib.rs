@@ -346,6 +346,11 @@ fn update_status<T: ObjectTable>(
     Ok(Ok(o))
 }
 
+/// Held by an object whose deletion waits for its dependents to be deleted.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+/// Held by an object whose dependents must be released (not deleted) before it goes.
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
 /// Kubernetes' pods/binding: the one way an unbound pod gets its node, never a second time.
 fn bind<T: ObjectTable>(
     table: &mut T,
@@ -446,6 +451,29 @@ fn delete<T: ObjectTable>(
     }
     if let Some(grace) = pod_grace(&o, req.grace_period_seconds) {
         return mark_terminating(table, revision, now_ms, &k, o, grace, events).map(Ok);
+    }
+    let mut o = o;
+    match req.propagation_policy.as_str() {
+        "" | "Background" => {}
+        "Foreground" | "Orphan" => {
+            // The garbage collector finishes the deletion: it removes the finalizer once the
+            // dependents are gone (Foreground) or released (Orphan).
+            let f = if req.propagation_policy == "Foreground" {
+                FOREGROUND_FINALIZER
+            } else {
+                ORPHAN_FINALIZER
+            };
+            let m = o.meta_mut();
+            if m.deletion_timestamp_ms.is_none() && !m.finalizers.iter().any(|x| x == f) {
+                m.finalizers.push(f.to_string());
+            }
+        }
+        other => {
+            return Ok(Err(ApiError::invalid(
+                "propagationPolicy",
+                format!("must be Background, Foreground or Orphan, got {other:?}"),
+            )))
+        }
     }
     remove_or_mark(table, revision, now_ms, &k, o, events).map(Ok)
 }
@@ -808,6 +836,7 @@ mod tests {
                 expected_resource_version: rv,
                 expected_uid: None,
                 grace_period_seconds: None,
+                propagation_policy: String::new(),
             })
         };
         let r = apply_command(&mut t, 2, &cmd(vec![del("a", Some(7)), del("nope", None)])).unwrap();
@@ -924,6 +953,7 @@ mod tests {
                 expected_resource_version: None,
                 expected_uid: None,
                 grace_period_seconds: grace,
+                propagation_policy: String::new(),
             })
         };
         let mut t = BTreeMap::new();

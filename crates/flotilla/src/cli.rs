@@ -132,6 +132,17 @@ pub struct DeleteArgs {
     /// Give pods a grace period of 1 second (as --grace-period=1).
     #[arg(long)]
     now: bool,
+    /// What happens to the objects these own: background (deleted after them), foreground
+    /// (deleted before them; they wait) or orphan (kept, their owner reference removed).
+    #[arg(long, value_enum, default_value = "background")]
+    cascade: Cascade,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Cascade {
+    Background,
+    Foreground,
+    Orphan,
 }
 
 #[derive(Args)]
@@ -511,6 +522,12 @@ pub async fn delete(conn: &Conn, a: DeleteArgs) -> anyhow::Result<()> {
                 expected_resource_version: None,
                 expected_uid: None,
                 grace_period_seconds: grace,
+                propagation_policy: match a.cascade {
+                    Cascade::Background => "Background",
+                    Cascade::Foreground => "Foreground",
+                    Cascade::Orphan => "Orphan",
+                }
+                .into(),
             })
             .await?;
         let what = output::name_of(&o);

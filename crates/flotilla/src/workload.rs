@@ -489,6 +489,7 @@ pub async fn drain(conn: &Conn, a: DrainArgs) -> anyhow::Result<()> {
                 expected_resource_version: None,
                 expected_uid: Some(m.uid.clone()),
                 grace_period_seconds: a.grace_period,
+                propagation_policy: String::new(),
             })
             .await;
         match r {

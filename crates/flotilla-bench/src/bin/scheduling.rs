@@ -266,7 +266,7 @@ async fn main() -> anyhow::Result<()> {
             _ if Instant::now() > deadline => break,
             _ => {}
         }
-        if bound.len() % 10_000 == 0 {
+        if bound.len().is_multiple_of(10_000) {
             eprint!("\r{} of {} pods bound", bound.len(), args.pods);
         }
     }

@@ -181,7 +181,14 @@ fn same_domain<'a>(
 }
 
 /// Every filter, in kube-scheduler's order; the reasons the node fails, empty when it fits.
-pub fn filter(pod: &PodInfo, node: &NodeInfo, nodes: &[NodeInfo]) -> Vec<Reason> {
+/// `guarded`: the indexes of the nodes holding pods with anti-affinity terms (found once per
+/// pod, not once per node: a scan of every node per candidate would cost O(nodes²) per pod).
+pub fn filter(
+    pod: &PodInfo,
+    node: &NodeInfo,
+    nodes: &[NodeInfo],
+    guarded: &[usize],
+) -> Vec<Reason> {
     if node.unschedulable
         && !pod.tolerations.iter().any(|t| {
             tolerates(
@@ -234,8 +241,8 @@ pub fn filter(pod: &PodInfo, node: &NodeInfo, nodes: &[NodeInfo]) -> Vec<Reason>
         }
     }
     // Symmetry: a placed pod's anti-affinity keeps this pod out of its domain too.
-    if nodes.iter().any(|n| n.pods_with_anti_affinity > 0) {
-        for n in nodes.iter().filter(|n| n.pods_with_anti_affinity > 0) {
+    if !guarded.is_empty() {
+        for n in guarded.iter().map(|&i| &nodes[i]) {
             for p in n.pods.values() {
                 for term in &p.anti_affinity {
                     let same = match (
@@ -411,13 +418,19 @@ pub fn schedule(
     let mut candidates = Vec::with_capacity(want.min(n));
     let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
     let mut examined = 0;
+    let guarded: Vec<usize> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.pods_with_anti_affinity > 0)
+        .map(|(i, _)| i)
+        .collect();
     for k in 0..n {
         if candidates.len() >= want {
             break;
         }
         let i = (start + k) % n;
         examined += 1;
-        let why = filter(pod, &nodes[i], nodes);
+        let why = filter(pod, &nodes[i], nodes, &guarded);
         if why.is_empty() {
             candidates.push(i);
         } else {

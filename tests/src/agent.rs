@@ -206,3 +206,124 @@ pub fn main_state(st: &PodStatus) -> flotilla_api::pb::api::ContainerState {
 pub fn running(st: &PodStatus) -> bool {
     st.phase == "Running" && main_state(st).running.is_some()
 }
+
+/// What the control-plane tests with agents share: three servers with fast test settings
+/// (heartbeats every 500 ms, 3 s role leases) plus `limits`, the loopback registry, a join
+/// token and a directory for the agents.
+pub struct Testbed {
+    pub registry: crate::Registry,
+    pub cluster: crate::Cluster,
+    /// The servers' API addresses, comma-separated (for `--server` and `--join`).
+    pub servers: String,
+    pub token: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Testbed {
+    pub async fn start(limits: &[&str]) -> Testbed {
+        let registry = crate::Registry::start();
+        let mut extra_limits: Vec<String> = vec![
+            "heartbeat_period_ms = 500".into(),
+            "role_lease_duration_ms = 3000".into(),
+            "role_retry_ms = 500".into(),
+        ];
+        extra_limits.extend(limits.iter().map(|l| l.to_string()));
+        let cluster = crate::Cluster::start(
+            3,
+            crate::Opts {
+                extra_limits,
+                ..Default::default()
+            },
+        );
+        cluster.wait_leader(Duration::from_secs(20)).await;
+        let servers = cluster.api_addrs().join(",");
+        let (ok, token, err) = crate::cli(&["--server", &servers, "token", "create"], None);
+        assert!(ok, "token create: {err}");
+        Testbed {
+            registry,
+            cluster,
+            servers,
+            token: token.trim().to_string(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// An agent for node `name` joined with the token (more agent flags in `extra`).
+    pub fn agent(&self, name: &str, extra: &[&str]) -> Agent {
+        Agent::start_with(
+            name,
+            &self.servers,
+            Some(&self.token),
+            self.dir.path(),
+            &self.registry.addr,
+            extra,
+        )
+    }
+
+    /// The CLI against these servers; panics with its output unless it succeeds.
+    pub fn run(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let mut full = vec!["--server", self.servers.as_str()];
+        full.extend_from_slice(args);
+        let (ok, out, err) = crate::cli(&full, stdin);
+        assert!(ok, "{args:?}: {err}{out}");
+        out
+    }
+
+    /// `apply -f -` of `manifest`.
+    pub fn apply(&self, manifest: &str) -> String {
+        self.run(&["apply", "-f", "-"], Some(manifest))
+    }
+
+    /// Wait until `n` Nodes are registered.
+    pub async fn wait_nodes(&self, c: &mut flotilla_client::Client, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = c.list("Node", "", "", false).await.map(|(v, _)| v.len());
+            if got.as_ref().is_ok_and(|g| *g == n) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} nodes never registered: {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A pod's phase ("" before any status).
+pub fn pod_phase(o: &flotilla_api::pb::api::Object) -> String {
+    match &o.body {
+        Some(Body::Pod(p)) => p
+            .status
+            .as_ref()
+            .map(|s| s.phase.clone())
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+/// The node a pod is bound to ("" when unbound).
+pub fn pod_node(o: &flotilla_api::pb::api::Object) -> String {
+    match &o.body {
+        Some(Body::Pod(p)) => p
+            .spec
+            .as_ref()
+            .map(|s| s.node_name.clone())
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+/// Ready and not being deleted.
+pub fn pod_ready(o: &flotilla_api::pb::api::Object) -> bool {
+    o.meta().deletion_timestamp_ms.is_none()
+        && match &o.body {
+            Some(Body::Pod(p)) => p.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.r#type == "Ready" && c.status == "True")
+            }),
+            _ => false,
+        }
+}

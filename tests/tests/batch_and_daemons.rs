@@ -9,30 +9,8 @@
 use std::time::{Duration, Instant};
 
 use flotilla_api::pb::api::{object::Body, Object};
-use flotilla_tests::agent::Agent;
-use flotilla_tests::{cli, node_tests_possible, Cluster, Opts, Registry};
-
-fn phase(o: &Object) -> String {
-    match &o.body {
-        Some(Body::Pod(p)) => p
-            .status
-            .as_ref()
-            .map(|s| s.phase.clone())
-            .unwrap_or_default(),
-        _ => String::new(),
-    }
-}
-
-fn node_of(o: &Object) -> String {
-    match &o.body {
-        Some(Body::Pod(p)) => p
-            .spec
-            .as_ref()
-            .map(|s| s.node_name.clone())
-            .unwrap_or_default(),
-        _ => String::new(),
-    }
-}
+use flotilla_tests::agent::{pod_node as node_of, pod_phase as phase, Testbed};
+use flotilla_tests::{cli, node_tests_possible};
 
 fn job_done(o: &Object) -> bool {
     match &o.body {
@@ -57,46 +35,13 @@ async fn jobs_cronjobs_daemonsets_and_statefulsets() {
         .unwrap()
         .as_millis() as i64;
     let offset = (52_000 - real % 60_000).rem_euclid(60_000);
-    let registry = Registry::start();
-    let cluster = Cluster::start(
-        3,
-        Opts {
-            extra_limits: vec![
-                "heartbeat_period_ms = 500".into(),
-                "role_lease_duration_ms = 3000".into(),
-                "role_retry_ms = 500".into(),
-                format!("controller_clock_offset_ms = {offset}"),
-            ],
-            ..Default::default()
-        },
-    );
-    cluster.wait_leader(Duration::from_secs(20)).await;
-    let servers = cluster.api_addrs().join(",");
-    let dir = tempfile::tempdir().unwrap();
-    let (ok, token, err) = cli(&["--server", &servers, "token", "create"], None);
-    assert!(ok, "{err}");
-    let token = token.trim().to_string();
-    let _n1 = Agent::start_with(
-        "n1",
-        &servers,
-        Some(&token),
-        dir.path(),
-        &registry.addr,
-        &[],
-    );
-    let _n2 = Agent::start_with(
-        "n2",
-        &servers,
-        Some(&token),
-        dir.path(),
-        &registry.addr,
-        &[],
-    );
+    let offset_limit = format!("controller_clock_offset_ms = {offset}");
+    let bed = Testbed::start(&[offset_limit.as_str()]).await;
+    let (cluster, registry, servers) = (&bed.cluster, &bed.registry, bed.servers.clone());
+    let _n1 = bed.agent("n1", &[]);
+    let _n2 = bed.agent("n2", &[]);
     let image = registry.image("busybox:test");
-    let apply = |text: &str| {
-        let (ok, out, err) = cli(&["--server", &servers, "apply", "-f", "-"], Some(text));
-        assert!(ok, "apply: {err}{out}");
-    };
+    let apply = |text: &str| bed.apply(text);
     let mut c = cluster.client().await;
 
     // A CronJob every minute (created first: its minute is seconds away).
@@ -202,14 +147,7 @@ async fn jobs_cronjobs_daemonsets_and_statefulsets() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _n3 = Agent::start_with(
-        "n3",
-        &servers,
-        Some(&token),
-        dir.path(),
-        &registry.addr,
-        &[],
-    );
+    let _n3 = bed.agent("n3", &[]);
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let (pods, _) = c.list("Pod", "default", "app=daemon", false).await.unwrap();

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_api::pb::api::{object::Body, Object};
-use flotilla_tests::agent::Agent;
-use flotilla_tests::{cli, node_tests_possible, Cluster, Opts, Registry};
+use flotilla_tests::agent::{pod_node as node_of, pod_ready as ready, Testbed};
+use flotilla_tests::{cli, node_tests_possible, Cluster};
 
 fn manifest(image: &str) -> String {
     format!(
@@ -46,18 +46,6 @@ spec:
     )
 }
 
-fn ready(o: &Object) -> bool {
-    o.meta().deletion_timestamp_ms.is_none()
-        && match &o.body {
-            Some(Body::Pod(p)) => p.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.r#type == "Ready" && c.status == "True")
-            }),
-            _ => false,
-        }
-}
-
 fn image_of(o: &Object) -> String {
     match &o.body {
         Some(Body::Pod(p)) => p
@@ -65,17 +53,6 @@ fn image_of(o: &Object) -> String {
             .as_ref()
             .and_then(|s| s.containers.first())
             .map(|c| c.image.clone())
-            .unwrap_or_default(),
-        _ => String::new(),
-    }
-}
-
-fn node_of(o: &Object) -> String {
-    match &o.body {
-        Some(Body::Pod(p)) => p
-            .spec
-            .as_ref()
-            .map(|s| s.node_name.clone())
             .unwrap_or_default(),
         _ => String::new(),
     }
@@ -152,52 +129,12 @@ async fn deployments_roll_scale_undo_and_are_collected() {
     if !node_tests_possible("deployments") {
         return;
     }
-    let registry = Registry::start();
-    let cluster = Cluster::start(
-        3,
-        Opts {
-            extra_limits: vec![
-                "heartbeat_period_ms = 500".into(),
-                "role_lease_duration_ms = 3000".into(),
-                "role_retry_ms = 500".into(),
-            ],
-            ..Default::default()
-        },
-    );
-    cluster.wait_leader(Duration::from_secs(20)).await;
-    let servers = cluster.api_addrs().join(",");
-    let dir = tempfile::tempdir().unwrap();
-    let (ok, token, err) = cli(&["--server", &servers, "token", "create"], None);
-    assert!(ok, "{err}");
-    let token = token.trim().to_string();
-    let _n1 = Agent::start_with(
-        "n1",
-        &servers,
-        Some(&token),
-        dir.path(),
-        &registry.addr,
-        &[],
-    );
-    let _n2 = Agent::start_with(
-        "n2",
-        &servers,
-        Some(&token),
-        dir.path(),
-        &registry.addr,
-        &[],
-    );
-    let run = |args: &[&str]| {
-        let mut full = vec!["--server", servers.as_str()];
-        full.extend_from_slice(args);
-        let (ok, out, err) = cli(&full, None);
-        assert!(ok, "{args:?}: {err}{out}");
-        out
-    };
-    let apply = |text: &str| {
-        let (ok, out, err) = cli(&["--server", &servers, "apply", "-f", "-"], Some(text));
-        assert!(ok, "apply: {err}{out}");
-        out
-    };
+    let bed = Testbed::start(&[]).await;
+    let (cluster, registry) = (&bed.cluster, &bed.registry);
+    let _n1 = bed.agent("n1", &[]);
+    let _n2 = bed.agent("n2", &[]);
+    let run = |args: &[&str]| bed.run(args, None);
+    let apply = |text: &str| bed.apply(text);
     let v1 = registry.image("busybox:test");
     let v2 = registry.image("busybox:latest");
     let mut c = cluster.client().await;
@@ -213,7 +150,7 @@ async fn deployments_roll_scale_undo_and_are_collected() {
         "120",
     ]);
     assert!(out.contains("successfully rolled out"), "{out}");
-    wait_pods(&mut c, 2, &v1, &cluster).await;
+    wait_pods(&mut c, 2, &v1, cluster).await;
     let out = run(&["get", "deployment", "nginx-deployment"]);
     assert!(
         out.lines().nth(1).is_some_and(|l| l.contains("2/2")),
@@ -234,10 +171,10 @@ async fn deployments_roll_scale_undo_and_are_collected() {
         "--timeout-secs",
         "120",
     ]);
-    wait_pods(&mut c, 10, &v1, &cluster).await;
+    wait_pods(&mut c, 10, &v1, cluster).await;
     wait_endpoints(&mut c, 10).await;
     run(&["scale", "deployment", "nginx-deployment", "--replicas", "2"]);
-    wait_pods(&mut c, 2, &v1, &cluster).await;
+    wait_pods(&mut c, 2, &v1, cluster).await;
     wait_endpoints(&mut c, 2).await;
 
     // A rolling update, sampled: with 2 replicas and the default 25 % / 25 %, maxUnavailable
@@ -273,7 +210,7 @@ async fn deployments_roll_scale_undo_and_are_collected() {
             && out.contains("successfully rolled out"),
         "progress is shown: {out}"
     );
-    wait_pods(&mut c, 2, &v2, &cluster).await;
+    wait_pods(&mut c, 2, &v2, cluster).await;
     stop.store(true, Ordering::SeqCst);
     sampler.await.unwrap();
     let (low, n) = (
@@ -304,7 +241,7 @@ async fn deployments_roll_scale_undo_and_are_collected() {
         "--timeout-secs",
         "120",
     ]);
-    wait_pods(&mut c, 2, &v1, &cluster).await;
+    wait_pods(&mut c, 2, &v1, cluster).await;
     let out = run(&["rollout", "history", "deployment/nginx-deployment"]);
     let rows: Vec<&str> = out
         .lines()

@@ -6,37 +6,13 @@
 
 use std::time::{Duration, Instant};
 
-use flotilla_api::pb::api::{object::Body, Object};
-use flotilla_tests::agent::Agent;
-use flotilla_tests::{cli, node_tests_possible, Cluster, Opts, Registry};
+use flotilla_tests::agent::{pod_node as node_of, pod_ready as ready, Testbed};
+use flotilla_tests::{cli, node_tests_possible};
 
 fn deployment(image: &str) -> String {
     format!(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: 4\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: main\n        image: {image}\n        command: [\"sleep\", \"3600\"]\n"
     )
-}
-
-fn node_of(o: &Object) -> String {
-    match &o.body {
-        Some(Body::Pod(p)) => p
-            .spec
-            .as_ref()
-            .map(|s| s.node_name.clone())
-            .unwrap_or_default(),
-        _ => String::new(),
-    }
-}
-
-fn ready(o: &Object) -> bool {
-    o.meta().deletion_timestamp_ms.is_none()
-        && match &o.body {
-            Some(Body::Pod(p)) => p.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.r#type == "Ready" && c.status == "True")
-            }),
-            _ => false,
-        }
 }
 
 /// Ready pods of the app by node.
@@ -57,59 +33,19 @@ async fn pods_of_a_dead_node_are_recreated_elsewhere() {
     if !node_tests_possible("node_failure") {
         return;
     }
-    let registry = Registry::start();
-    let cluster = Cluster::start(
-        3,
-        Opts {
-            extra_limits: vec![
-                "heartbeat_period_ms = 500".into(),
-                "role_lease_duration_ms = 3000".into(),
-                "role_retry_ms = 500".into(),
-                "node_grace_period_ms = 3000".into(),
-                "node_monitor_period_ms = 500".into(),
-                "default_unreachable_toleration_seconds = 2".into(),
-            ],
-            ..Default::default()
-        },
-    );
-    cluster.wait_leader(Duration::from_secs(20)).await;
-    let servers = cluster.api_addrs().join(",");
-    let dir = tempfile::tempdir().unwrap();
-    let (ok, token, err) = cli(&["--server", &servers, "token", "create"], None);
-    assert!(ok, "{err}");
-    let token = token.trim().to_string();
-    let mut n1 = Agent::start_with(
-        "n1",
-        &servers,
-        Some(&token),
-        dir.path(),
-        &registry.addr,
-        &[],
-    );
-    let n2 = Agent::start_with(
-        "n2",
-        &servers,
-        Some(&token),
-        dir.path(),
-        &registry.addr,
-        &[],
-    );
+    let bed = Testbed::start(&[
+        "node_grace_period_ms = 3000",
+        "node_monitor_period_ms = 500",
+        "default_unreachable_toleration_seconds = 2",
+    ])
+    .await;
+    let (cluster, servers) = (&bed.cluster, bed.servers.clone());
+    let mut n1 = bed.agent("n1", &[]);
+    let n2 = bed.agent("n2", &[]);
     let mut c = cluster.client().await;
     // Both nodes first, so the pods spread over both.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (nodes, _) = c.list("Node", "", "", false).await.unwrap();
-        if nodes.len() == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "nodes never registered");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let (ok, out, err) = cli(
-        &["--server", &servers, "apply", "-f", "-"],
-        Some(&deployment(&registry.image("busybox:test"))),
-    );
-    assert!(ok, "{err}{out}");
+    bed.wait_nodes(&mut c, 2).await;
+    bed.apply(&deployment(&bed.registry.image("busybox:test")));
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let m = placement(&mut c).await;

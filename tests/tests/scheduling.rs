@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use flotilla_api::pb::api::{object::Body, write::Op, write_result, Binding, Write};
 use flotilla_api::ObjectKey;
-use flotilla_tests::agent::{running, wait_for, Agent};
-use flotilla_tests::{cli, node_tests_possible, Cluster, Opts, Registry};
+use flotilla_tests::agent::{running, wait_for, Testbed};
+use flotilla_tests::{cli, node_tests_possible};
 
 fn pod(name: &str, image: &str, extra_spec: &str) -> String {
     format!(
@@ -39,24 +39,10 @@ async fn the_scheduler_places_pods_explains_misfits_and_never_binds_twice() {
     if !node_tests_possible("scheduling") {
         return;
     }
-    let registry = Registry::start();
-    let cluster = Cluster::start(
-        3,
-        Opts {
-            extra_limits: vec![
-                "heartbeat_period_ms = 500".into(),
-                "role_lease_duration_ms = 3000".into(),
-                "role_retry_ms = 500".into(),
-            ],
-            ..Default::default()
-        },
-    );
-    cluster.wait_leader(Duration::from_secs(20)).await;
-    let servers = cluster.api_addrs().join(",");
-    let dir = tempfile::tempdir().unwrap();
-    let (ok, token, err) = cli(&["--server", &servers, "token", "create"], None);
-    assert!(ok, "{err}");
-    let token = token.trim().to_string();
+    let bed = Testbed::start(&[]).await;
+    let cluster = &bed.cluster;
+    let servers = bed.servers.clone();
+    let registry = &bed.registry;
 
     // Both roles are held by some server, and `cluster status` says which.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -75,38 +61,13 @@ async fn the_scheduler_places_pods_explains_misfits_and_never_binds_twice() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
-    let n1 = Agent::start_with(
-        "n1",
-        &servers,
-        Some(&token),
-        dir.path(),
-        &registry.addr,
-        &[],
-    );
-    let n2 = Agent::start_with(
-        "n2",
-        &servers,
-        Some(&token),
-        dir.path(),
-        &registry.addr,
-        &[],
-    );
-    let apply = |text: &str| {
-        let (ok, out, err) = cli(&["--server", &servers, "apply", "-f", "-"], Some(text));
-        assert!(ok, "apply: {err}{out}");
-    };
+    let n1 = bed.agent("n1", &[]);
+    let n2 = bed.agent("n2", &[]);
+    let apply = |text: &str| bed.apply(text);
     let image = registry.image("busybox:test");
     let mut c = cluster.client().await;
-    // Wait until both nodes are registered, so the spread is over two.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (ok, out, _) = cli(&["--server", &servers, "get", "nodes"], None);
-        if ok && out.contains("n1") && out.contains("n2") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "nodes never registered: {out}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Both nodes first, so the spread is over two.
+    bed.wait_nodes(&mut c, 2).await;
     for i in 0..4 {
         apply(&pod(&format!("free-{i}"), &image, ""));
     }
@@ -159,14 +120,7 @@ async fn the_scheduler_places_pods_explains_misfits_and_never_binds_twice() {
         "{out}"
     );
     // A node that fits joins: the pod is placed there and runs.
-    let n3 = Agent::start_with(
-        "n3",
-        &servers,
-        Some(&token),
-        dir.path(),
-        &registry.addr,
-        &["--labels", "disktype=ssd"],
-    );
+    let n3 = bed.agent("n3", &["--labels", "disktype=ssd"]);
     wait_for(&mut c, "wants-ssd", "Running on n3", &n3, running).await;
     assert_eq!(node_of(&mut c, "wants-ssd").await, "n3");
 

@@ -1,0 +1,351 @@
+//! The system under test: real `flotilla server` processes, one per network namespace, started
+//! through `ip netns exec`, killed, paused and restarted by the nemeses. Each server's output
+//! goes to `<run dir>/n<id>/server.log`, appended across restarts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_api::pb::admin::cluster_service_client::ClusterServiceClient;
+use flotilla_api::pb::admin::{LocalStatusRequest, MemberStatus, Role};
+use flotilla_client::{Client, ClientConfig, TlsFiles};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::net::Net;
+use crate::HarnessError;
+
+pub const API_PORT: u16 = 7100;
+const RAFT_PORT: u16 = 7110;
+const METRICS_PORT: u16 = 7120;
+const SECRET: &str = "flotilla-jepsen-secret-not-for-production";
+
+/// Settings that shape how the cluster behaves under faults.
+#[derive(Clone, Debug)]
+pub struct DbOpts {
+    /// Entries between snapshots: low, so snapshots (and installs) happen under faults.
+    pub snapshot_logs_since_last: u64,
+    pub request_timeout: Duration,
+}
+
+struct Server {
+    child: Option<Child>,
+    paused: bool,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+pub struct Db {
+    pub ids: Vec<u64>,
+    pub tls: TlsFiles,
+    bin: PathBuf,
+    servers: BTreeMap<u64, Server>,
+    ns: BTreeMap<u64, String>,
+    pub opts: DbOpts,
+}
+
+impl Db {
+    /// Write every server's config (data under `data_root`, logs under `run_dir`).
+    pub fn new(
+        net: &Net,
+        bin: &Path,
+        run_dir: &Path,
+        data_root: &Path,
+        opts: DbOpts,
+    ) -> Result<Db, HarnessError> {
+        let cluster_id = format!("jepsen-{}", std::process::id());
+        let ca = flotilla_identity::derive_ca(&cluster_id, SECRET)
+            .map_err(|e| HarnessError::Setup(format!("cluster CA: {e}")))?;
+        let cert = flotilla_identity::issue_client_cert(&ca, flotilla_identity::ADMIN_CN, 2)
+            .map_err(|e| HarnessError::Setup(format!("admin certificate: {e}")))?;
+        let tls = TlsFiles {
+            ca_pem: ca.cert_pem.clone(),
+            cert_pem: cert.cert_pem.clone(),
+            key_pem: cert.key_pem.clone(),
+        };
+        let mut servers = BTreeMap::new();
+        let mut ns = BTreeMap::new();
+        for id in &net.nodes {
+            let dir = run_dir.join(format!("n{id}"));
+            std::fs::create_dir_all(&dir).map_err(|e| HarnessError::io(&dir, e))?;
+            let config = dir.join("server.toml");
+            let text = server_config(*id, &net.nodes, &cluster_id, data_root, &opts);
+            std::fs::write(&config, text).map_err(|e| HarnessError::io(&config, e))?;
+            servers.insert(
+                *id,
+                Server {
+                    child: None,
+                    paused: false,
+                    config,
+                    log: dir.join("server.log"),
+                },
+            );
+            ns.insert(*id, net.node_ns(*id));
+        }
+        Ok(Db {
+            ids: net.nodes.clone(),
+            tls,
+            bin: bin.to_path_buf(),
+            servers,
+            ns,
+            opts,
+        })
+    }
+
+    pub fn api_addr(id: u64) -> String {
+        format!("{}:{API_PORT}", Net::node_ip(id))
+    }
+
+    pub fn api_addrs(&self) -> Vec<String> {
+        self.ids.iter().map(|i| Db::api_addr(*i)).collect()
+    }
+
+    pub fn start(&mut self, id: u64) -> Result<(), HarnessError> {
+        let s = self
+            .servers
+            .get_mut(&id)
+            .ok_or_else(|| HarnessError::Setup(format!("no server {id}")))?;
+        if s.child.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&s.log)
+            .map_err(|e| HarnessError::io(&s.log, e))?;
+        let err = log.try_clone().map_err(|e| HarnessError::io(&s.log, e))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns[&id]])
+            .arg(&self.bin)
+            .args(["server", "--config"])
+            .arg(&s.config)
+            .env("FLOTILLA_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| HarnessError::Setup(format!("start server {id}: {e}")))?;
+        s.child = Some(child);
+        s.paused = false;
+        Ok(())
+    }
+
+    pub fn start_all(&mut self) -> Result<(), HarnessError> {
+        for id in self.ids.clone() {
+            self.start(id)?;
+        }
+        Ok(())
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.servers.get(&id).is_some_and(|s| s.child.is_some())
+    }
+
+    /// SIGKILL server `id` and reap it. False if it was not running.
+    pub fn kill(&mut self, id: u64) -> bool {
+        let Some(s) = self.servers.get_mut(&id) else {
+            return false;
+        };
+        let Some(mut child) = s.child.take() else {
+            return false;
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        s.paused = false;
+        true
+    }
+
+    /// SIGSTOP (`pause`) or SIGCONT server `id`. False if it was not running.
+    pub fn pause(&mut self, id: u64, pause: bool) -> bool {
+        let Some(s) = self.servers.get_mut(&id) else {
+            return false;
+        };
+        let Some(child) = &s.child else {
+            return false;
+        };
+        let sig = if pause {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        let ok = nix::sys::signal::kill(Pid::from_raw(child.id() as i32), sig).is_ok();
+        if ok {
+            s.paused = pause;
+        }
+        ok
+    }
+
+    pub fn paused(&self) -> Vec<u64> {
+        self.servers
+            .iter()
+            .filter(|(_, s)| s.paused)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    pub fn stopped(&self) -> Vec<u64> {
+        self.servers
+            .iter()
+            .filter(|(_, s)| s.child.is_none())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Servers that exited on their own (a crash is a finding, not a nemesis).
+    pub fn crashed(&mut self) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        for (id, s) in self.servers.iter_mut() {
+            if let Some(c) = &mut s.child {
+                if let Ok(Some(status)) = c.try_wait() {
+                    out.push((*id, status.to_string()));
+                    s.child = None;
+                }
+            }
+        }
+        out
+    }
+
+    pub fn kill_all(&mut self) {
+        for id in self.ids.clone() {
+            // A stopped process must run again before SIGKILL reaps cleanly.
+            self.pause(id, false);
+            self.kill(id);
+        }
+    }
+
+    /// A client bound to one server (it follows the leader only when that server names it).
+    pub async fn client(&self, id: u64) -> Result<Client, flotilla_api::ApiError> {
+        self.clients().client(id).await
+    }
+
+    /// What the client tasks need to connect, without holding the `Db`.
+    pub fn clients(&self) -> Clients {
+        Clients {
+            tls: self.tls.clone(),
+            request_timeout: self.opts.request_timeout,
+        }
+    }
+
+    /// A client that may use any server.
+    pub async fn any_client(&self) -> Result<Client, flotilla_api::ApiError> {
+        let mut cfg = ClientConfig::new(self.api_addrs());
+        cfg.tls = Some(self.tls.clone());
+        cfg.request_timeout = self.opts.request_timeout;
+        cfg.connect_timeout = Duration::from_secs(1);
+        Client::connect(cfg).await
+    }
+
+    /// Server `id`'s own view of itself, or None when it does not answer within a second.
+    pub async fn local_status(&self, id: u64) -> Option<MemberStatus> {
+        let addr = Db::api_addr(id);
+        let tls = self.tls.clone();
+        let fut = async move {
+            let ch = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+                .ok()?
+                .tls_config(flotilla_client::client_tls(&tls))
+                .ok()?
+                .connect_timeout(Duration::from_millis(500))
+                .connect()
+                .await
+                .ok()?;
+            let mut c = ClusterServiceClient::new(ch);
+            c.local_status(LocalStatusRequest {})
+                .await
+                .ok()
+                .map(|r| r.into_inner())
+        };
+        tokio::time::timeout(Duration::from_secs(1), fut)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The running, unpaused server that calls itself leader with the highest term.
+    pub async fn leader(&self) -> Option<u64> {
+        let mut best: Option<(u64, u64)> = None;
+        for id in &self.ids {
+            if !self.is_running(*id) || self.paused().contains(id) {
+                continue;
+            }
+            if let Some(s) = self.local_status(*id).await {
+                if s.role == Role::Leader as i32 && best.is_none_or(|(t, _)| s.term > t) {
+                    best = Some((s.term, *id));
+                }
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
+    /// Wait (bounded) until a leader answers and every running server has applied as far as it.
+    pub async fn wait_converged(&self, timeout: Duration) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut applied = Vec::new();
+            let mut leader = None;
+            for id in &self.ids {
+                if let Some(s) = self.local_status(*id).await {
+                    if s.role == Role::Leader as i32 {
+                        leader = Some(s.last_log_index);
+                    }
+                    applied.push(s.applied_index);
+                }
+            }
+            if let Some(last) = leader {
+                if applied.len() == self.ids.len() && applied.iter().all(|a| *a >= last) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::Setup(format!(
+                    "the cluster did not converge within {timeout:?} (leader's last index {leader:?}, applied {applied:?})"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+fn server_config(id: u64, all: &[u64], cluster_id: &str, data_root: &Path, o: &DbOpts) -> String {
+    let ip = Net::node_ip(id);
+    let mut t = format!(
+        "node_id = {id}\ncluster_id = \"{cluster_id}\"\ncluster_secret = \"{SECRET}\"\n\
+         api_addr = \"{ip}:{API_PORT}\"\nraft_addr = \"{ip}:{RAFT_PORT}\"\n\
+         metrics_addr = \"{ip}:{METRICS_PORT}\"\ndata_dir = \"{}\"\n",
+        data_root.join(format!("n{id}")).display()
+    );
+    for m in all {
+        let mip = Net::node_ip(*m);
+        t.push_str(&format!(
+            "\n[[initial_members]]\nid = {m}\nraft_addr = \"{mip}:{RAFT_PORT}\"\napi_addr = \"{mip}:{API_PORT}\"\n"
+        ));
+    }
+    t.push_str(&format!(
+        "\n[raft]\nsnapshot_logs_since_last = {}\nmax_in_snapshot_log_to_keep = {}\n",
+        o.snapshot_logs_since_last,
+        o.snapshot_logs_since_last / 2
+    ));
+    t
+}
+
+#[derive(Clone)]
+pub struct Clients {
+    tls: TlsFiles,
+    request_timeout: Duration,
+}
+
+impl Clients {
+    pub async fn client(&self, id: u64) -> Result<Client, flotilla_api::ApiError> {
+        let mut cfg = ClientConfig::new(vec![Db::api_addr(id)]);
+        cfg.tls = Some(self.tls.clone());
+        cfg.request_timeout = self.request_timeout;
+        cfg.connect_timeout = Duration::from_secs(1);
+        Client::connect(cfg).await
+    }
+}

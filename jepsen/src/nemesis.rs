@@ -1,0 +1,379 @@
+//! Nemeses: faults scheduled from the seed, each one started, held, then healed, and each step
+//! recorded as installed, skipped (not possible here, with the reason) or indeterminate (tried,
+//! outcome unclear).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::Rng;
+use tokio::sync::Mutex;
+
+use crate::cluster::Db;
+use crate::history::{FaultStatus, Recorder};
+use crate::net::Net;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Nemesis {
+    /// SIGKILL the leader, a random member or a majority, and restart them when healing.
+    Kill,
+    /// SIGSTOP the leader, a random member or a majority; SIGCONT when healing.
+    Pause,
+    /// nftables partitions: random halves, isolated leader, a bridge node, a majority ring
+    /// (five nodes), one-way.
+    Partition,
+    /// Drop a share of the packets between servers (nftables' random numbers).
+    Loss,
+    /// `tc netem` delay; recorded as skipped where the kernel has no netem.
+    Netem,
+}
+
+impl Nemesis {
+    pub fn name(self) -> &'static str {
+        match self {
+            Nemesis::Kill => "kill",
+            Nemesis::Pause => "pause",
+            Nemesis::Partition => "partition",
+            Nemesis::Loss => "loss",
+            Nemesis::Netem => "netem",
+        }
+    }
+}
+
+/// What was installed and must be undone.
+enum Active {
+    Killed(Vec<u64>),
+    Paused(Vec<u64>),
+    Network,
+    Netem(Vec<u64>),
+}
+
+pub struct Schedule {
+    pub nemeses: Vec<Nemesis>,
+    /// Quiet time between faults and how long each is held, in ms.
+    pub interval_ms: (u64, u64),
+    pub hold_ms: (u64, u64),
+}
+
+/// Run faults until `stop` fires, then heal everything.
+pub async fn run(
+    schedule: Schedule,
+    db: Arc<Mutex<Db>>,
+    net: Arc<Net>,
+    rec: Recorder,
+    mut rng: StdRng,
+    stop: tokio_util_like::Stop,
+) {
+    if schedule.nemeses.is_empty() {
+        stop.wait().await;
+        return;
+    }
+    loop {
+        let quiet = rng.random_range(schedule.interval_ms.0..=schedule.interval_ms.1);
+        if stop.sleep(Duration::from_millis(quiet)).await {
+            break;
+        }
+        let Some(n) = schedule.nemeses.choose(&mut rng).copied() else {
+            break;
+        };
+        let active = start(n, &db, &net, &rec, &mut rng).await;
+        let hold = rng.random_range(schedule.hold_ms.0..=schedule.hold_ms.1);
+        let stopping = stop.sleep(Duration::from_millis(hold)).await;
+        if let Some(a) = active {
+            heal(n, a, &db, &net, &rec).await;
+        }
+        if stopping {
+            break;
+        }
+    }
+}
+
+/// Targets for a process fault: the leader, one random member, or a majority.
+async fn process_targets(db: &Mutex<Db>, rng: &mut StdRng) -> (String, Vec<u64>) {
+    let g = db.lock().await;
+    let mut ids = g.ids.clone();
+    match rng.random_range(0..3) {
+        0 => match g.leader().await {
+            Some(l) => ("leader".into(), vec![l]),
+            None => ("random (no leader answered)".into(), vec![*ids.choose(rng).unwrap_or(&1)]),
+        },
+        1 => ("random".into(), vec![*ids.choose(rng).unwrap_or(&1)]),
+        _ => {
+            ids.shuffle(rng);
+            let m = ids.len() / 2 + 1;
+            ids.truncate(m);
+            ids.sort();
+            ("majority".into(), ids)
+        }
+    }
+}
+
+async fn start(
+    n: Nemesis,
+    db: &Mutex<Db>,
+    net: &Net,
+    rec: &Recorder,
+    rng: &mut StdRng,
+) -> Option<Active> {
+    match n {
+        Nemesis::Kill => {
+            let (what, targets) = process_targets(db, rng).await;
+            let mut g = db.lock().await;
+            let killed: Vec<u64> = targets.iter().copied().filter(|t| g.kill(*t)).collect();
+            let status = if killed.is_empty() {
+                FaultStatus::Skipped
+            } else {
+                FaultStatus::Installed
+            };
+            rec.fault(n.name(), "start", killed.clone(), status, format!("SIGKILL {what}"));
+            Some(Active::Killed(killed))
+        }
+        Nemesis::Pause => {
+            let (what, targets) = process_targets(db, rng).await;
+            let mut g = db.lock().await;
+            let paused: Vec<u64> = targets.iter().copied().filter(|t| g.pause(*t, true)).collect();
+            let status = if paused.is_empty() {
+                FaultStatus::Skipped
+            } else {
+                FaultStatus::Installed
+            };
+            rec.fault(n.name(), "start", paused.clone(), status, format!("SIGSTOP {what}"));
+            Some(Active::Paused(paused))
+        }
+        Nemesis::Partition => {
+            let ids = db.lock().await.ids.clone();
+            let leader = db.lock().await.leader().await;
+            let (what, grudge) = partition_plan(&ids, leader, rng);
+            match net.partition(&grudge) {
+                Ok(()) => {
+                    rec.fault(n.name(), "start", grudge.keys().copied().collect(), FaultStatus::Installed, format!("{what}: {}", describe(&grudge)));
+                }
+                Err(e) => {
+                    rec.fault(n.name(), "start", Vec::new(), FaultStatus::Indeterminate, format!("{what}: {e}"));
+                }
+            }
+            Some(Active::Network)
+        }
+        Nemesis::Loss => {
+            let pct = rng.random_range(5..=30);
+            match net.loss(pct) {
+                Ok(()) => rec.fault(n.name(), "start", net.nodes.clone(), FaultStatus::Installed, format!("drop {pct}% of server-to-server packets")),
+                Err(e) => rec.fault(n.name(), "start", Vec::new(), FaultStatus::Indeterminate, e.to_string()),
+            }
+            Some(Active::Network)
+        }
+        Nemesis::Netem => {
+            let delay = rng.random_range(20..=200);
+            let mut done = Vec::new();
+            for id in &net.nodes {
+                let ns = net.node_ns(*id);
+                match crate::net::run("ip", &["netns", "exec", &ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", &format!("{delay}ms"), &format!("{}ms", delay / 4)]) {
+                    Ok(_) => done.push(*id),
+                    Err(e) => {
+                        rec.fault(n.name(), "start", Vec::new(), FaultStatus::Skipped, format!("tc netem is not available here: {e}"));
+                        break;
+                    }
+                }
+            }
+            if !done.is_empty() {
+                rec.fault(n.name(), "start", done.clone(), FaultStatus::Installed, format!("delay {delay}ms ± {}ms", delay / 4));
+            }
+            Some(Active::Netem(done))
+        }
+    }
+}
+
+async fn heal(n: Nemesis, a: Active, db: &Mutex<Db>, net: &Net, rec: &Recorder) {
+    match a {
+        Active::Killed(ids) => {
+            let mut g = db.lock().await;
+            let mut started = Vec::new();
+            let mut errors = Vec::new();
+            for id in ids {
+                match g.start(id) {
+                    Ok(()) => started.push(id),
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            let status = if errors.is_empty() { FaultStatus::Installed } else { FaultStatus::Indeterminate };
+            rec.fault(n.name(), "stop", started, status, format!("restart {}", errors.join("; ")).trim().to_string());
+        }
+        Active::Paused(ids) => {
+            let mut g = db.lock().await;
+            let resumed: Vec<u64> = ids.into_iter().filter(|id| g.pause(*id, false)).collect();
+            rec.fault(n.name(), "stop", resumed, FaultStatus::Installed, "SIGCONT");
+        }
+        Active::Network => match net.heal() {
+            Ok(()) => rec.fault(n.name(), "stop", net.nodes.clone(), FaultStatus::Installed, "rules removed"),
+            Err(e) => rec.fault(n.name(), "stop", Vec::new(), FaultStatus::Indeterminate, e.to_string()),
+        },
+        Active::Netem(ids) => {
+            for id in &ids {
+                let ns = net.node_ns(*id);
+                let _ = crate::net::run("ip", &["netns", "exec", &ns, "tc", "qdisc", "del", "dev", "eth0", "root"]);
+            }
+            if !ids.is_empty() {
+                rec.fault(n.name(), "stop", ids, FaultStatus::Installed, "qdisc removed");
+            }
+        }
+    }
+}
+
+/// Undo every fault that may still be in place (end of run, or after a failure).
+pub async fn heal_all(db: &Mutex<Db>, net: &Net, rec: &Recorder) {
+    let _ = net.heal();
+    let mut g = db.lock().await;
+    for id in g.paused() {
+        g.pause(id, false);
+    }
+    for id in g.stopped() {
+        if let Err(e) = g.start(id) {
+            rec.fault("heal", "stop", vec![id], FaultStatus::Indeterminate, e.to_string());
+        }
+    }
+    rec.fault("heal", "stop", g.ids.clone(), FaultStatus::Installed, "all faults removed");
+}
+
+/// Which node drops traffic from which: the shapes Jepsen uses.
+fn partition_plan(
+    ids: &[u64],
+    leader: Option<u64>,
+    rng: &mut StdRng,
+) -> (String, BTreeMap<u64, BTreeSet<u64>>) {
+    let all: BTreeSet<u64> = ids.iter().copied().collect();
+    // Each node's visible set → drop from everything else.
+    let from_visible = |vis: &BTreeMap<u64, BTreeSet<u64>>| {
+        vis.iter()
+            .map(|(n, v)| (*n, all.difference(v).copied().filter(|p| p != n).collect()))
+            .collect::<BTreeMap<u64, BTreeSet<u64>>>()
+    };
+    let mut shuffled = ids.to_vec();
+    shuffled.shuffle(rng);
+    let shape = rng.random_range(0..5);
+    match shape {
+        0 => {
+            let cut = shuffled.len() / 2;
+            let (a, b) = shuffled.split_at(cut);
+            let a: BTreeSet<u64> = a.iter().copied().collect();
+            let b: BTreeSet<u64> = b.iter().copied().collect();
+            let vis = ids.iter().map(|n| (*n, if a.contains(n) { a.clone() } else { b.clone() })).collect();
+            ("random halves".into(), from_visible(&vis))
+        }
+        1 => {
+            let l = leader.unwrap_or(shuffled[0]);
+            let rest: BTreeSet<u64> = all.iter().copied().filter(|n| *n != l).collect();
+            let vis = ids
+                .iter()
+                .map(|n| (*n, if *n == l { [l].into() } else { rest.clone() }))
+                .collect();
+            ("isolated leader".into(), from_visible(&vis))
+        }
+        2 => {
+            // A bridge node sees both halves; the halves do not see each other.
+            let bridge = shuffled[0];
+            let rest = &shuffled[1..];
+            let (a, b) = rest.split_at(rest.len() / 2);
+            let mut a: BTreeSet<u64> = a.iter().copied().collect();
+            let mut b: BTreeSet<u64> = b.iter().copied().collect();
+            a.insert(bridge);
+            b.insert(bridge);
+            let vis = ids
+                .iter()
+                .map(|n| (*n, if *n == bridge { all.clone() } else if a.contains(n) { a.clone() } else { b.clone() }))
+                .collect();
+            ("bridge".into(), from_visible(&vis))
+        }
+        3 if ids.len() >= 5 => {
+            // Every node sees a majority (itself and its ring neighbours), no two the same one.
+            let n = shuffled.len();
+            let vis = (0..n)
+                .map(|i| {
+                    let v: BTreeSet<u64> = [shuffled[(i + n - 1) % n], shuffled[i], shuffled[(i + 1) % n]].into();
+                    (shuffled[i], v)
+                })
+                .collect();
+            ("majority ring".into(), from_visible(&vis))
+        }
+        _ => {
+            // One-way: one node hears nobody, but everyone hears it.
+            let deaf = leader.filter(|_| rng.random_bool(0.5)).unwrap_or(shuffled[0]);
+            let others: BTreeSet<u64> = all.iter().copied().filter(|n| *n != deaf).collect();
+            ("one-way (a node that cannot hear)".into(), [(deaf, others)].into())
+        }
+    }
+}
+
+fn describe(g: &BTreeMap<u64, BTreeSet<u64>>) -> String {
+    g.iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(n, v)| format!("n{n} drops {:?}", v))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A stop signal shared by the run's tasks (the time limit or Ctrl-C).
+pub mod tokio_util_like {
+    use std::time::Duration;
+
+    #[derive(Clone)]
+    pub struct Stop(pub tokio::sync::watch::Receiver<bool>);
+
+    impl Stop {
+        pub fn is_set(&self) -> bool {
+            *self.0.borrow()
+        }
+
+        pub async fn wait(mut self) {
+            let _ = self.0.wait_for(|s| *s).await;
+        }
+
+        /// Sleep up to `d`; true if the stop signal came first.
+        pub async fn sleep(&self, d: Duration) -> bool {
+            let mut rx = self.0.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(d) => self.is_set(),
+                _ = rx.wait_for(|s| *s) => true,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn every_partition_shape_cuts_something_and_keeps_nodes_known() {
+        for n in [3u64, 5] {
+            let ids: Vec<u64> = (1..=n).collect();
+            for seed in 0..50 {
+                let mut rng = StdRng::seed_from_u64(seed);
+                let (what, g) = partition_plan(&ids, Some(1), &mut rng);
+                assert!(g.values().any(|v| !v.is_empty()), "{what} cuts nothing");
+                for (node, peers) in &g {
+                    assert!(ids.contains(node));
+                    assert!(!peers.contains(node), "{what}: n{node} drops itself");
+                }
+                if what == "majority ring" {
+                    // Each node still hears a majority (itself plus two neighbours).
+                    for peers in g.values() {
+                        assert_eq!(peers.len(), n as usize - 3);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_schedule_is_a_function_of_the_seed() {
+        let ids = [1, 2, 3, 4, 5];
+        let plan = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..10).map(|_| partition_plan(&ids, None, &mut rng).1).collect::<Vec<_>>()
+        };
+        assert_eq!(plan(7), plan(7));
+    }
+}

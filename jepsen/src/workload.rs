@@ -1,0 +1,330 @@
+//! Workloads: what the clients do, and how each answer becomes an `ok`, `fail` or `info`
+//! operation. A write whose fate is not certain (timeout, lost connection, a server that
+//! crashed) is `info`, never `fail`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use flotilla_api::pb::api::{object::Body, ConfigMap, Object, ObjectMeta};
+use flotilla_api::{ApiError, ErrorCode, ObjectKey};
+use flotilla_client::Client;
+use rand::Rng;
+use serde_json::{json, Value};
+
+use crate::checker::{self, FinalReads, Verdict};
+use crate::cluster::Db;
+use crate::history::{Op, Outcome};
+use crate::HarnessError;
+
+const NAMESPACE: &str = "default";
+const LABEL: &str = "flotilla-jepsen";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// Read, write and compare-and-set on a few keys; checked for linearizability.
+    Register,
+    /// Unique adds, then a final read after healing; no acknowledged add may be lost.
+    Set,
+}
+
+pub struct Workload {
+    pub kind: Kind,
+    keys: u64,
+    /// Unique values and set elements (starting at 1; registers start at 0).
+    next: AtomicU64,
+    /// What each process last saw per key, to choose a plausible compare-and-set.
+    seen: Mutex<BTreeMap<(u32, u64), u64>>,
+}
+
+/// An operation chosen but not yet run.
+pub struct Planned {
+    pub f: &'static str,
+    pub key: u64,
+    pub value: Value,
+}
+
+/// The result of running one.
+pub struct Done {
+    pub outcome: Outcome,
+    pub result: Value,
+    pub error: String,
+}
+
+impl Done {
+    fn ok(result: Value) -> Done {
+        Done {
+            outcome: Outcome::Ok,
+            result,
+            error: String::new(),
+        }
+    }
+    fn fail(e: impl Into<String>) -> Done {
+        Done {
+            outcome: Outcome::Fail,
+            result: Value::Null,
+            error: e.into(),
+        }
+    }
+    pub fn info(e: impl Into<String>) -> Done {
+        Done {
+            outcome: Outcome::Info,
+            result: Value::Null,
+            error: e.into(),
+        }
+    }
+    /// A write that returned an error: certain only when the server refused it on its merits.
+    fn write_error(e: &ApiError) -> Done {
+        match e.code() {
+            ErrorCode::Conflict
+            | ErrorCode::InvalidArgument
+            | ErrorCode::NotFound
+            | ErrorCode::TooLarge => Done::fail(e.to_string()),
+            _ => Done::info(e.to_string()),
+        }
+    }
+}
+
+impl Workload {
+    pub fn new(kind: Kind, keys: u64) -> Workload {
+        Workload {
+            kind,
+            keys: keys.max(1),
+            next: AtomicU64::new(1),
+            seen: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn key_name(&self, key: u64) -> String {
+        match self.kind {
+            Kind::Register => format!("jepsen-reg-{key}"),
+            Kind::Set => format!("jepsen-set-{key}"),
+        }
+    }
+
+    /// Create what the workload needs before the clock starts (the registers, at 0).
+    pub async fn setup(&self, db: &Db) -> Result<(), HarnessError> {
+        if self.kind != Kind::Register {
+            return Ok(());
+        }
+        let mut c = db
+            .any_client()
+            .await
+            .map_err(|e| HarnessError::Setup(format!("connect for setup: {e}")))?;
+        for k in 0..self.keys {
+            let obj = configmap(&self.key_name(k), "register", 0);
+            let mut attempts = 0;
+            loop {
+                match c.create(obj.clone()).await {
+                    Ok(_) => break,
+                    Err(e) if e.code() == ErrorCode::AlreadyExists => break,
+                    Err(e) => {
+                        attempts += 1;
+                        if attempts > 50 {
+                            return Err(HarnessError::Setup(format!(
+                                "create register {k}: {e}"
+                            )));
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn plan(&self, process: u32, rng: &mut impl Rng) -> Planned {
+        match self.kind {
+            Kind::Set => {
+                let e = self.next.fetch_add(1, Ordering::Relaxed);
+                Planned {
+                    f: "add",
+                    key: e,
+                    value: json!(e),
+                }
+            }
+            Kind::Register => {
+                let key = rng.random_range(0..self.keys);
+                let roll = rng.random_range(0..4);
+                match roll {
+                    0 | 1 => Planned {
+                        f: "read",
+                        key,
+                        value: Value::Null,
+                    },
+                    2 => Planned {
+                        f: "write",
+                        key,
+                        value: json!(self.next.fetch_add(1, Ordering::Relaxed)),
+                    },
+                    _ => {
+                        let from = self
+                            .seen
+                            .lock()
+                            .ok()
+                            .and_then(|s| s.get(&(process, key)).copied())
+                            .unwrap_or(0);
+                        let to = self.next.fetch_add(1, Ordering::Relaxed);
+                        Planned {
+                            f: "cas",
+                            key,
+                            value: json!([from, to]),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run one planned operation through `client`.
+    pub async fn invoke(&self, client: &mut Client, process: u32, p: &Planned) -> Done {
+        let name = self.key_name(p.key);
+        match (self.kind, p.f) {
+            (Kind::Set, _) => {
+                let e = p.key;
+                match client.create(configmap(&name, "set", e)).await {
+                    Ok(_) => Done::ok(Value::Null),
+                    // Names are unique: it exists only because this very add happened (a
+                    // retry of an attempt that had reached the leader).
+                    Err(err) if err.code() == ErrorCode::AlreadyExists => Done {
+                        outcome: Outcome::Ok,
+                        result: Value::Null,
+                        error: err.to_string(),
+                    },
+                    Err(err) => Done::write_error(&err),
+                }
+            }
+            (Kind::Register, "read") => match read(client, &name).await {
+                Ok((v, _)) => {
+                    if let Ok(mut s) = self.seen.lock() {
+                        s.insert((process, p.key), v);
+                    }
+                    Done::ok(json!(v))
+                }
+                // A read changes nothing: whatever went wrong, it did not happen.
+                Err(e) => Done::fail(e),
+            },
+            (Kind::Register, "write") => {
+                let v = p.value.as_u64().unwrap_or(0);
+                match client.update(configmap(&name, "register", v)).await {
+                    Ok(_) => Done::ok(Value::Null),
+                    Err(e) => Done::write_error(&e),
+                }
+            }
+            (Kind::Register, _) => {
+                let from = p.value[0].as_u64().unwrap_or(0);
+                let to = p.value[1].as_u64().unwrap_or(0);
+                let (current, rv) = match read(client, &name).await {
+                    Ok(r) => r,
+                    Err(e) => return Done::fail(format!("read before cas: {e}")),
+                };
+                if current != from {
+                    return Done::fail(format!("value was {current}"));
+                }
+                let mut obj = configmap(&name, "register", to);
+                if let Some(m) = obj.metadata.as_mut() {
+                    m.resource_version = rv;
+                }
+                match client.update(obj).await {
+                    Ok(_) => Done::ok(Value::Null),
+                    Err(e) => Done::write_error(&e),
+                }
+            }
+        }
+    }
+
+    /// Check the history; `db` is used for the final reads a set needs (after healing).
+    pub async fn check(&self, db: &Db, ops: &[Op], run_dir: &std::path::Path) -> Verdict {
+        match self.kind {
+            Kind::Register => {
+                let ops = ops.to_vec();
+                let explain = run_dir.join("linearizability.html");
+                tokio::task::spawn_blocking(move || {
+                    checker::check_register(&ops, Duration::from_secs(120), Some(&explain))
+                })
+                .await
+                .unwrap_or_else(|e| Verdict {
+                    valid: checker::Validity::Unknown,
+                    checker: "linearizable-register".into(),
+                    details: json!({ "error": format!("checker task failed: {e}") }),
+                })
+            }
+            Kind::Set => {
+                let reads = self.final_reads(db).await;
+                checker::check_set(ops, &reads)
+            }
+        }
+    }
+
+    /// The set as a linearizable read sees it, then each server's local copy.
+    async fn final_reads(&self, db: &Db) -> FinalReads {
+        let mut out = FinalReads::default();
+        for _ in 0..30 {
+            if let Ok(mut c) = db.any_client().await {
+                if let Ok((items, _)) = c.list("ConfigMap", NAMESPACE, &format!("{LABEL}=set"), false).await {
+                    out.linearizable = Some(elements(&items));
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        for id in &db.ids {
+            if let Ok(mut c) = db.client(*id).await {
+                if let Ok((items, _)) = c.list("ConfigMap", NAMESPACE, &format!("{LABEL}=set"), true).await {
+                    out.per_node.insert(*id, elements(&items));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn elements(items: &[Object]) -> BTreeSet<u64> {
+    items
+        .iter()
+        .filter_map(|o| value_of(o).ok())
+        .collect()
+}
+
+fn value_of(o: &Object) -> Result<u64, String> {
+    match &o.body {
+        Some(Body::ConfigMap(cm)) => cm
+            .data
+            .get("value")
+            .ok_or_else(|| "no value".to_string())?
+            .parse()
+            .map_err(|e| format!("value is not a number: {e}")),
+        _ => Err("not a ConfigMap".into()),
+    }
+}
+
+/// A linearizable read of a register: its value and resourceVersion.
+async fn read(client: &mut Client, name: &str) -> Result<(u64, u64), String> {
+    let key = ObjectKey {
+        kind: "ConfigMap".into(),
+        namespace: NAMESPACE.into(),
+        name: name.into(),
+    };
+    let (o, _) = client.get(key, false).await.map_err(|e| e.to_string())?;
+    let v = value_of(&o)?;
+    Ok((v, o.metadata.as_ref().map(|m| m.resource_version).unwrap_or(0)))
+}
+
+/// The ConfigMap that holds one register or one set element.
+fn configmap(name: &str, role: &str, value: u64) -> Object {
+    Object {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            namespace: NAMESPACE.into(),
+            labels: [(LABEL.to_string(), role.to_string())].into(),
+            ..Default::default()
+        }),
+        body: Some(Body::ConfigMap(ConfigMap {
+            data: [("value".to_string(), value.to_string())].into(),
+            ..Default::default()
+        })),
+    }
+}

@@ -331,6 +331,8 @@ fn server_config(id: u64, all: &[u64], cluster_id: &str, data_root: &Path, o: &D
         o.snapshot_logs_since_last,
         o.snapshot_logs_since_last / 2
     ));
+    // Frequent bookmarks, so the watch checker sees progress events.
+    t.push_str("\n[limits]\nwatch_progress_interval_ms = 1000\n");
     t
 }
 

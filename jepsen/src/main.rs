@@ -13,6 +13,7 @@ mod history;
 mod nemesis;
 mod net;
 mod report;
+mod watch;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -219,7 +220,7 @@ async fn run_async(
     db.lock().await.start_all()?;
     db.lock().await.wait_converged(Duration::from_secs(60)).await?;
     let workload = Arc::new(Workload::new(args.workload, args.keys));
-    workload.setup(&*db.lock().await).await?;
+    let start_rev = workload.setup(&*db.lock().await).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop = Stop(stop_rx);
@@ -238,6 +239,22 @@ async fn run_async(
     }
 
     let clients = db.lock().await.clients();
+    let (final_tx, final_rx) = tokio::sync::watch::channel(None);
+    let mut watchers = Vec::new();
+    if args.workload == Kind::Watch {
+        for w in 0..args.nodes as usize {
+            watchers.push(tokio::spawn(watch::watcher(
+                w,
+                (1..=args.nodes).collect(),
+                clients.clone(),
+                start_rev,
+                stop.clone(),
+                final_rx.clone(),
+                Duration::from_secs(60),
+                args.seed.wrapping_mul(7919).wrapping_add(w as u64),
+            )));
+        }
+    }
     let concurrency = args.concurrency.unwrap_or(2 * ids_len(args)).max(1);
     let interval = Duration::from_secs_f64(concurrency as f64 / args.rate.max(0.1));
     let mut tasks = Vec::new();
@@ -304,7 +321,11 @@ async fn run_async(
     let mut verdict = {
         let g = db.lock().await;
         let recorded = rec.take();
-        let v = workload.check(&g, &recorded.ops, out).await;
+        let v = if args.workload == Kind::Watch {
+            check_watch(&g, &clients, start_rev, watchers, &final_tx, &recorded.ops, out).await?
+        } else {
+            workload.check(&g, &recorded.ops, out).await
+        };
         report::write_histories(out, &recorded.ops, &recorded.faults)
             .map_err(|e| HarnessError::io(out, e))?;
         let mut v = v;
@@ -331,6 +352,52 @@ async fn run_async(
         verdict.details["server_exits"] = serde_json::json!(exits);
     }
     Ok(verdict)
+}
+
+/// Let the watchers catch up to the revision after healing, read the committed history back
+/// from every server, and compare.
+async fn check_watch(
+    db: &Db,
+    clients: &Clients,
+    start_rev: u64,
+    watchers: Vec<tokio::task::JoinHandle<watch::WatcherLog>>,
+    final_tx: &tokio::sync::watch::Sender<Option<u64>>,
+    ops: &[Op],
+    out: &Path,
+) -> Result<Verdict, HarnessError> {
+    let mut final_rev = None;
+    for _ in 0..30 {
+        if let Ok(mut c) = db.any_client().await {
+            if let Ok((_, rev)) = c.list("ConfigMap", "default", watch::SELECTOR, false).await {
+                final_rev = Some(rev);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let Some(final_rev) = final_rev else {
+        return Ok(Verdict {
+            valid: Validity::Unknown,
+            checker: "watch".into(),
+            details: serde_json::json!({ "error": "no linearizable list succeeded after healing" }),
+        });
+    };
+    let _ = final_tx.send(Some(final_rev));
+    let mut logs = Vec::new();
+    for w in watchers {
+        match tokio::time::timeout(Duration::from_secs(90), w).await {
+            Ok(Ok(l)) => logs.push(l),
+            _ => return Err(HarnessError::Setup("a watcher task did not finish".into())),
+        }
+    }
+    let mut reference = std::collections::BTreeMap::new();
+    for id in &db.ids {
+        reference.insert(*id, watch::read_history(clients, *id, start_rev, final_rev).await);
+    }
+    let path = out.join("watchers.json");
+    let text = serde_json::to_string(&logs).unwrap_or_default();
+    std::fs::write(&path, text).map_err(|e| HarnessError::io(&path, e))?;
+    Ok(watch::check(&reference, &logs, ops, final_rev))
 }
 
 fn ids_len(args: &TestArgs) -> usize {

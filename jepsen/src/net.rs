@@ -154,10 +154,19 @@ impl Net {
     }
 
     fn ensure_table(&self, id: u64) -> Result<(), HarnessError> {
-        let spec = format!(
-            "table inet {NFT_TABLE} {{ chain input {{ type filter hook input priority 0; policy accept; }} }}"
-        );
-        self.nft(id, &[&spec])?;
+        // `add` of an existing table or chain is a no-op, so this is idempotent.
+        self.nft(id, &["add", "table", "inet", NFT_TABLE])?;
+        self.nft(
+            id,
+            &[
+                "add",
+                "chain",
+                "inet",
+                NFT_TABLE,
+                "input",
+                "{ type filter hook input priority 0 ; policy accept ; }",
+            ],
+        )?;
         Ok(())
     }
 

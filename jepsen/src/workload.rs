@@ -27,6 +27,9 @@ pub enum Kind {
     Register,
     /// Unique adds, then a final read after healing; no acknowledged add may be lost.
     Set,
+    /// Writes, batches and deletes on a few objects while watchers follow them, restarting and
+    /// resuming across servers; their streams are checked against the committed history.
+    Watch,
 }
 
 pub struct Workload {
@@ -78,6 +81,7 @@ impl Done {
     fn write_error(e: &ApiError) -> Done {
         match e.code() {
             ErrorCode::Conflict
+            | ErrorCode::AlreadyExists
             | ErrorCode::InvalidArgument
             | ErrorCode::NotFound
             | ErrorCode::TooLarge => Done::fail(e.to_string()),
@@ -100,20 +104,24 @@ impl Workload {
         match self.kind {
             Kind::Register => format!("jepsen-reg-{key}"),
             Kind::Set => format!("jepsen-set-{key}"),
+            Kind::Watch => format!("jepsen-watch-{key}"),
         }
     }
 
-    /// Create what the workload needs before the clock starts (the registers, at 0).
-    pub async fn setup(&self, db: &Db) -> Result<(), HarnessError> {
-        if self.kind != Kind::Register {
-            return Ok(());
-        }
+    /// Create what the workload needs before the clock starts (registers at 0, the watched
+    /// objects); returns the revision after setup.
+    pub async fn setup(&self, db: &Db) -> Result<u64, HarnessError> {
+        let role = match self.kind {
+            Kind::Register => "register",
+            Kind::Watch => "watch",
+            Kind::Set => return Ok(0),
+        };
         let mut c = db
             .any_client()
             .await
             .map_err(|e| HarnessError::Setup(format!("connect for setup: {e}")))?;
         for k in 0..self.keys {
-            let obj = configmap(&self.key_name(k), "register", 0);
+            let obj = configmap(&self.key_name(k), role, 0);
             let mut attempts = 0;
             loop {
                 match c.create(obj.clone()).await {
@@ -131,11 +139,41 @@ impl Workload {
                 }
             }
         }
-        Ok(())
+        let (_, rev) = c
+            .list("ConfigMap", NAMESPACE, &format!("{LABEL}={role}"), false)
+            .await
+            .map_err(|e| HarnessError::Setup(format!("list after setup: {e}")))?;
+        Ok(rev)
     }
 
     pub fn plan(&self, process: u32, rng: &mut impl Rng) -> Planned {
         match self.kind {
+            Kind::Watch => {
+                let key = rng.random_range(0..self.keys);
+                match rng.random_range(0..20) {
+                    0..=11 => Planned {
+                        f: "write",
+                        key,
+                        value: json!(self.next.fetch_add(1, Ordering::Relaxed)),
+                    },
+                    12..=16 => {
+                        // Two different objects in one request: one revision for both.
+                        let other = (key + 1 + rng.random_range(0..self.keys.max(2) - 1)) % self.keys.max(2);
+                        let a = self.next.fetch_add(1, Ordering::Relaxed);
+                        let b = self.next.fetch_add(1, Ordering::Relaxed);
+                        Planned {
+                            f: "batch",
+                            key,
+                            value: json!([[key, a], [other, b]]),
+                        }
+                    }
+                    _ => Planned {
+                        f: "delete",
+                        key,
+                        value: Value::Null,
+                    },
+                }
+            }
             Kind::Set => {
                 let e = self.next.fetch_add(1, Ordering::Relaxed);
                 Planned {
@@ -193,6 +231,60 @@ impl Workload {
                         error: err.to_string(),
                     },
                     Err(err) => Done::write_error(&err),
+                }
+            }
+            (Kind::Watch, "write") => {
+                let v = p.value.as_u64().unwrap_or(0);
+                let obj = configmap(&name, "watch", v);
+                match client.update(obj.clone()).await {
+                    Ok(o) => Done::ok(json!(rv(&o))),
+                    Err(e) if e.code() == ErrorCode::NotFound => match client.create(obj).await {
+                        Ok(o) => Done::ok(json!(rv(&o))),
+                        Err(e) => Done::write_error(&e),
+                    },
+                    Err(e) => Done::write_error(&e),
+                }
+            }
+            (Kind::Watch, "batch") => {
+                use flotilla_api::pb::api::{write, write_result, Write};
+                let pairs = p.value.as_array().cloned().unwrap_or_default();
+                let writes = pairs
+                    .iter()
+                    .map(|kv| Write {
+                        op: Some(write::Op::Update(configmap(
+                            &self.key_name(kv[0].as_u64().unwrap_or(0)),
+                            "watch",
+                            kv[1].as_u64().unwrap_or(0),
+                        ))),
+                        fence: None,
+                    })
+                    .collect();
+                match client.batch(writes).await {
+                    Ok(r) => {
+                        // Each write succeeds or fails on its own (a deleted object is not
+                        // found); the ones that applied share the response's revision.
+                        let applied: Vec<bool> = r
+                            .results
+                            .iter()
+                            .map(|w| matches!(w.result, Some(write_result::Result::Object(_))))
+                            .collect();
+                        Done::ok(json!({ "revision": r.revision, "applied": applied }))
+                    }
+                    Err(e) => Done::write_error(&e),
+                }
+            }
+            (Kind::Watch, _) => {
+                let req = flotilla_api::pb::api::DeleteRequest {
+                    key: Some(ObjectKey {
+                        kind: "ConfigMap".into(),
+                        namespace: NAMESPACE.into(),
+                        name: name.clone(),
+                    }),
+                    ..Default::default()
+                };
+                match client.delete(req).await {
+                    Ok(o) => Done::ok(json!(rv(&o))),
+                    Err(e) => Done::write_error(&e),
                 }
             }
             (Kind::Register, "read") => match read(client, &name).await {
@@ -254,6 +346,12 @@ impl Workload {
                 let reads = self.final_reads(db).await;
                 checker::check_set(ops, &reads)
             }
+            // Checked in main: it needs the watchers' streams.
+            Kind::Watch => Verdict {
+                valid: checker::Validity::Unknown,
+                checker: "watch".into(),
+                details: json!({ "error": "the watch workload is checked with its watchers" }),
+            },
         }
     }
 
@@ -278,6 +376,10 @@ impl Workload {
         }
         out
     }
+}
+
+fn rv(o: &Object) -> u64 {
+    o.metadata.as_ref().map(|m| m.resource_version).unwrap_or(0)
 }
 
 fn elements(items: &[Object]) -> BTreeSet<u64> {

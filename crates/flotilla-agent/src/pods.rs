@@ -30,7 +30,8 @@ pub struct Desired {
     pub pods: BTreeMap<String, Object>,
     /// Whether a full set has been received since start: nothing is removed before that.
     pub synced: bool,
-    pub revision: u64,
+    /// Where the assignment stream stands, to resume it without losing a pod's event.
+    pub position: flotilla_api::resume::ResumePoint,
 }
 
 pub type SharedDesired = Arc<Mutex<Desired>>;

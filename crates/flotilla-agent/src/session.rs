@@ -251,14 +251,12 @@ async fn assignments(
     changed: &Notify,
 ) -> String {
     loop {
-        let from = {
+        // A bind batch puts many pods in one revision and the stream can break inside it.
+        let mut resume = {
             let d = desired.lock().await;
-            if d.synced {
-                d.revision
-            } else {
-                0
-            }
+            d.synced.then(|| d.position.resume())
         };
+        let from = resume.map(|r| r.start_revision).unwrap_or(0);
         let (mut send, mut recv) = match conn.open_bi().await {
             Ok(s) => s,
             Err(e) => return e.to_string(),
@@ -290,15 +288,26 @@ async fn assignments(
                             .map(|p| (p.meta().uid.clone(), p))
                             .collect();
                         d.synced = true;
-                        d.revision = a.revision;
+                        d.position = flotilla_api::resume::ResumePoint::at(a.revision);
                         drop(d);
                         changed.notify_one();
                     }
                 }
                 Some(agent_response::Kind::Assignments(a)) => {
                     let mut d = desired.lock().await;
-                    let any = !a.events.is_empty();
+                    if a.events.is_empty() {
+                        d.position.bookmark(a.revision);
+                    }
+                    let mut any = false;
                     for ev in a.events {
+                        if resume
+                            .as_mut()
+                            .is_some_and(|r| r.already_delivered(ev.revision))
+                        {
+                            continue;
+                        }
+                        d.position.event(ev.revision);
+                        any = true;
                         let Some(pod) = ev.object else { continue };
                         let uid = pod.meta().uid.clone();
                         if ev.r#type == EventType::Deleted as i32 {
@@ -307,7 +316,6 @@ async fn assignments(
                             d.pods.insert(uid, pod);
                         }
                     }
-                    d.revision = d.revision.max(a.revision);
                     drop(d);
                     if any {
                         changed.notify_one();

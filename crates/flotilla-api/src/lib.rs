@@ -12,6 +12,7 @@ pub mod kinds;
 pub mod manifest;
 pub mod quantity;
 pub mod refs;
+pub mod resume;
 pub mod schema;
 pub mod selector;
 pub mod validation;

@@ -27,6 +27,9 @@ pub struct DbOpts {
     /// Entries between snapshots: low, so snapshots (and installs) happen under faults.
     pub snapshot_logs_since_last: u64,
     pub request_timeout: Duration,
+    /// A planted bug the servers switch on (`FLOTILLA_PLANTED_BUG`; needs a `planted-bugs`
+    /// build of flotilla), for the harness's self-test.
+    pub planted_bug: Option<String>,
 }
 
 struct Server {
@@ -115,7 +118,11 @@ impl Db {
             .open(&s.log)
             .map_err(|e| HarnessError::io(&s.log, e))?;
         let err = log.try_clone().map_err(|e| HarnessError::io(&s.log, e))?;
-        let child = Command::new("ip")
+        let mut cmd = Command::new("ip");
+        if let Some(bug) = &self.opts.planted_bug {
+            cmd.env("FLOTILLA_PLANTED_BUG", bug);
+        }
+        let child = cmd
             .args(["netns", "exec", &self.ns[&id]])
             .arg(&self.bin)
             .args(["server", "--config"])

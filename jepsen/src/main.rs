@@ -105,6 +105,11 @@ struct TestArgs {
     /// How long a fault is held, in ms (min,max).
     #[arg(long, value_delimiter = ',', default_value = "3000,8000")]
     hold_ms: Vec<u64>,
+    /// Switch on a planted bug in the servers (`stale-read`, `drop-watch-event`); needs
+    /// flotilla built with `--features planted-bugs`. The harness's self-test: the run must
+    /// come out invalid.
+    #[arg(long)]
+    planted_bug: Option<String>,
     /// The flotilla binary; default: next to this one.
     #[arg(long)]
     flotilla: Option<PathBuf>,
@@ -193,6 +198,7 @@ fn run(args: &TestArgs, out: &Path) -> Result<Verdict, HarnessError> {
         DbOpts {
             snapshot_logs_since_last: args.snapshot_threshold,
             request_timeout: Duration::from_millis(args.request_timeout_ms),
+            planted_bug: args.planted_bug.clone(),
         },
     )?;
     // Every socket from here on is opened in the clients' namespace.
@@ -427,6 +433,7 @@ fn add_summary(v: &mut Verdict, ops: &[Op], args: &TestArgs) {
         "nodes": args.nodes,
         "time_limit_s": args.time_limit,
         "seed": args.seed,
+        "planted_bug": args.planted_bug,
         "operations": ops.len(),
         "ok": n(Outcome::Ok),
         "fail": n(Outcome::Fail),

@@ -23,6 +23,8 @@ use crate::history::{Op, Outcome};
 use crate::nemesis::tokio_util_like::Stop;
 
 pub const SELECTOR: &str = "flotilla-jepsen=watch";
+/// Marks a history read refused because the server's history starts later (not a fault).
+const COMPACTED: &str = "compacted";
 
 /// One event as the checker compares it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -222,7 +224,12 @@ pub async fn read_history(
     to: u64,
 ) -> Result<Vec<Ev>, String> {
     let mut c = clients.client(server).await.map_err(|e| e.to_string())?;
-    let mut s = c.watch(request(from)).await.map_err(|e| e.to_string())?;
+    let mut s = match c.watch(request(from)).await {
+        Ok(s) => s,
+        // A server that restarted from, or was sent, a snapshot holds history only from it.
+        Err(e) if e.code() == ErrorCode::Compacted => return Err(format!("{COMPACTED}: {e}")),
+        Err(e) => return Err(e.to_string()),
+    };
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -241,7 +248,13 @@ pub async fn read_history(
                     return Ok(out);
                 }
             }
-            Some(Err(e)) => return Err(format!("n{server}: {}", e.message())),
+            Some(Err(e)) => {
+                let e = flotilla_api::ApiError::from_status(&e);
+                if e.code() == ErrorCode::Compacted {
+                    return Err(format!("{COMPACTED}: {e}"));
+                }
+                return Err(e.to_string());
+            }
             None => return Err(format!("n{server}: stream ended before revision {to}")),
         }
     }
@@ -267,9 +280,12 @@ pub fn check(
         .iter()
         .filter_map(|(n, r)| r.as_ref().ok().map(|h| (n, h)))
         .collect();
+    let mut compacted = Vec::new();
     for (n, r) in reference {
-        if let Err(e) = r {
-            unknown.push(format!("history from n{n}: {e}"));
+        match r {
+            Err(e) if e.starts_with(COMPACTED) => compacted.push(format!("n{n}: {e}")),
+            Err(e) => unknown.push(format!("history from n{n}: {e}")),
+            Ok(_) => {}
         }
     }
     let Some((_, reference_history)) = histories.first().copied() else {
@@ -395,6 +411,7 @@ pub fn check(
             "history_events": reference_history.len(),
             "final_revision": final_rev,
             "servers_read": histories.len(),
+            "servers_with_shorter_history": compacted,
             "acknowledged_writes": acked,
             "watchers": watchers.len(),
             "segments": watchers.iter().map(|w| w.segments.len()).sum::<usize>(),

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod informer;
 pub mod metrics;
 pub mod node;
+pub mod planted;
 pub mod pods;
 pub mod proposer;
 pub mod scheduling;

@@ -130,6 +130,7 @@ async fn run(node: &Node, filter: &Filter, start_revision: u64, tx: &Tx) -> Resu
     let period = Duration::from_millis(node.limits.watch_progress_interval_ms.max(10));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut sent_since_tick = false;
+    let mut live_sent = 0u64;
     loop {
         tokio::select! {
             _ = node.shutdown.cancelled() => return Err(ApiError::unavailable("server shutting down; resume the watch on another server")),
@@ -145,6 +146,12 @@ async fn run(node: &Node, filter: &Filter, start_revision: u64, tx: &Tx) -> Resu
                     }
                     for ev in &batch.events {
                         if filter.matches(ev) {
+                            live_sent += 1;
+                            if live_sent == crate::planted::DROPPED_WATCH_EVENT
+                                && crate::planted::active("drop-watch-event")
+                            {
+                                continue;
+                            }
                             if send(tx, ev.clone()).await.is_err() {
                                 return Ok(());
                             }

@@ -2,7 +2,7 @@
 //! through `ip netns exec`, killed, paused and restarted by the nemeses. Each server's output
 //! goes to `<run dir>/n<id>/server.log`, appended across restarts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,6 +41,10 @@ struct Server {
 
 pub struct Db {
     pub ids: Vec<u64>,
+    /// Servers the membership nemesis removed from the cluster (process stopped, data wiped).
+    pub removed: BTreeSet<u64>,
+    cluster_id: String,
+    data_root: PathBuf,
     pub tls: TlsFiles,
     bin: PathBuf,
     servers: BTreeMap<u64, Server>,
@@ -88,6 +92,9 @@ impl Db {
         }
         Ok(Db {
             ids: net.nodes.clone(),
+            removed: BTreeSet::new(),
+            cluster_id,
+            data_root: data_root.to_path_buf(),
             tls,
             bin: bin.to_path_buf(),
             servers,
@@ -310,6 +317,91 @@ impl Db {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+impl Db {
+    /// Remove server `id` from the membership, then stop it and wipe its data: when it comes
+    /// back it is a new, empty server that must be added again.
+    pub async fn remove_member(&mut self, id: u64) -> Result<(), String> {
+        let mut c = self.member_client(id).await?;
+        tokio::time::timeout(Duration::from_secs(20), c.remove(id))
+            .await
+            .map_err(|_| format!("remove n{id}: no answer within 20 s"))?
+            .map_err(|e| format!("remove n{id}: {e}"))?;
+        self.removed.insert(id);
+        self.pause(id, false);
+        self.kill(id);
+        let dir = self.data_root.join(format!("n{id}"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| format!("wipe {}: {e}", dir.display()))?;
+        }
+        // Without initial members it waits to be added instead of bootstrapping a cluster.
+        let text = server_config(id, &[], &self.cluster_id, &self.data_root, &self.opts);
+        let config = &self.servers[&id].config;
+        std::fs::write(config, text).map_err(|e| format!("{}: {e}", config.display()))?;
+        Ok(())
+    }
+
+    /// Start a removed server empty, add it as a learner, let it catch up, promote it.
+    pub async fn add_member(&mut self, id: u64) -> Result<(), String> {
+        self.start(id).map_err(|e| e.to_string())?;
+        let mut c = self.member_client(id).await?;
+        let ip = Net::node_ip(id);
+        let req = flotilla_api::pb::admin::AddLearnerRequest {
+            id,
+            raft_address: format!("{ip}:{RAFT_PORT}"),
+            api_address: format!("{ip}:{API_PORT}"),
+        };
+        let mut last = String::new();
+        let mut added = false;
+        for _ in 0..10 {
+            match tokio::time::timeout(Duration::from_secs(30), c.add_learner(req.clone())).await {
+                Ok(Ok(_)) => {
+                    added = true;
+                    break;
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "no answer within 30 s".into(),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if !added {
+            return Err(format!("add learner n{id}: {last}"));
+        }
+        // Caught up: it has applied what the leader had when we looked.
+        let target = match self.leader().await {
+            Some(l) => self.local_status(l).await.map(|s| s.last_log_index).unwrap_or(0),
+            None => 0,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.local_status(id).await.map(|s| s.applied_index).unwrap_or(0) < target {
+            if Instant::now() > deadline {
+                return Err(format!("n{id} did not catch up to index {target} within 30 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::timeout(Duration::from_secs(20), c.promote(id))
+            .await
+            .map_err(|_| format!("promote n{id}: no answer within 20 s"))?
+            .map_err(|e| format!("promote n{id}: {e}"))?;
+        self.removed.remove(&id);
+        Ok(())
+    }
+
+    /// An admin client over the current members other than `except`.
+    async fn member_client(&self, except: u64) -> Result<Client, String> {
+        let addrs: Vec<String> = self
+            .ids
+            .iter()
+            .filter(|i| **i != except && !self.removed.contains(i))
+            .map(|i| Db::api_addr(*i))
+            .collect();
+        let mut cfg = ClientConfig::new(addrs);
+        cfg.tls = Some(self.tls.clone());
+        cfg.request_timeout = Duration::from_secs(20);
+        cfg.connect_timeout = Duration::from_secs(1);
+        Client::connect(cfg).await.map_err(|e| e.to_string())
     }
 }
 

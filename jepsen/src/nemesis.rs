@@ -28,6 +28,9 @@ pub enum Nemesis {
     Loss,
     /// `tc netem` delay; recorded as skipped where the kernel has no netem.
     Netem,
+    /// Membership: remove one server (two of five: 5 → 3) and wipe its data; when healing add
+    /// it back empty as a learner, let it catch up (by snapshot) and promote it (3 → 5).
+    Member,
 }
 
 impl Nemesis {
@@ -38,6 +41,7 @@ impl Nemesis {
             Nemesis::Partition => "partition",
             Nemesis::Loss => "loss",
             Nemesis::Netem => "netem",
+            Nemesis::Member => "member",
         }
     }
 }
@@ -48,6 +52,7 @@ enum Active {
     Paused(Vec<u64>),
     Network,
     Netem(Vec<u64>),
+    Removed(Vec<u64>),
 }
 
 pub struct Schedule {
@@ -164,6 +169,28 @@ async fn start(
             }
             Some(Active::Network)
         }
+        Nemesis::Member => {
+            let mut g = db.lock().await;
+            let mut ids: Vec<u64> = g.ids.iter().copied().filter(|i| !g.removed.contains(i)).collect();
+            ids.shuffle(rng);
+            // Keep at least three voters: one of three, one or two of five.
+            let k = if ids.len() >= 5 { rng.random_range(1..=2) } else { 1 };
+            let mut removed = Vec::new();
+            for id in ids.into_iter().take(k) {
+                match g.remove_member(id).await {
+                    Ok(()) => removed.push(id),
+                    Err(e) => {
+                        rec.fault(n.name(), "start", vec![id], FaultStatus::Indeterminate, e);
+                        break;
+                    }
+                }
+            }
+            if !removed.is_empty() {
+                let n_left = g.ids.len() - g.removed.len();
+                rec.fault(n.name(), "start", removed.clone(), FaultStatus::Installed, format!("removed and wiped; {n_left} members left"));
+            }
+            Some(Active::Removed(removed))
+        }
         Nemesis::Netem => {
             let delay = rng.random_range(20..=200);
             let mut done = Vec::new();
@@ -209,6 +236,15 @@ async fn heal(n: Nemesis, a: Active, db: &Mutex<Db>, net: &Net, rec: &Recorder) 
             Ok(()) => rec.fault(n.name(), "stop", net.nodes.clone(), FaultStatus::Installed, "rules removed"),
             Err(e) => rec.fault(n.name(), "stop", Vec::new(), FaultStatus::Indeterminate, e.to_string()),
         },
+        Active::Removed(ids) => {
+            let mut g = db.lock().await;
+            for id in ids {
+                match g.add_member(id).await {
+                    Ok(()) => rec.fault(n.name(), "stop", vec![id], FaultStatus::Installed, "added back empty, caught up, promoted"),
+                    Err(e) => rec.fault(n.name(), "stop", vec![id], FaultStatus::Indeterminate, e),
+                }
+            }
+        }
         Active::Netem(ids) => {
             for id in &ids {
                 let ns = net.node_ns(*id);
@@ -227,6 +263,11 @@ pub async fn heal_all(db: &Mutex<Db>, net: &Net, rec: &Recorder) {
     let mut g = db.lock().await;
     for id in g.paused() {
         g.pause(id, false);
+    }
+    for id in g.removed.clone() {
+        if let Err(e) = g.add_member(id).await {
+            rec.fault("heal", "stop", vec![id], FaultStatus::Indeterminate, e);
+        }
     }
     for id in g.stopped() {
         if let Err(e) = g.start(id) {

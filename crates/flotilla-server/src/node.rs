@@ -245,6 +245,11 @@ pub async fn start(config: ServerConfig, data_dir: PathBuf) -> Result<ServerHand
         max_payload_entries: r.max_payload_entries,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_logs_since_last),
         max_in_snapshot_log_to_keep: r.max_in_snapshot_log_to_keep,
+        // A leader restarted after a crash must not take its leadership back without an
+        // election: its state machine may have rolled back to its last durable commit (applies
+        // are not fsync'd), and a read index from that restored leader served older state than
+        // acknowledged writes (found by jepsen/, tests/tests/restart_reads.rs).
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
     .validate()

@@ -69,6 +69,13 @@ enum Cmd {
     /// Run one test: build a cluster in network namespaces, run the workload under the
     /// nemeses, check the history, tear everything down.
     Test(TestArgs),
+    /// Check a stored register history again (`history.jsonl` of a run), key by key.
+    Check {
+        /// A run's result directory.
+        dir: PathBuf,
+        #[arg(long, default_value_t = 300)]
+        timeout_s: u64,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -122,6 +129,42 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Test(args) => ExitCode::from(test(args)),
+        Cmd::Check { dir, timeout_s } => ExitCode::from(recheck(&dir, timeout_s)),
+    }
+}
+
+fn recheck(dir: &Path, timeout_s: u64) -> u8 {
+    let path = dir.join("history.jsonl");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return 3;
+        }
+    };
+    let mut ops = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        match serde_json::from_str::<Op>(line) {
+            Ok(o) => ops.push(o),
+            Err(e) => {
+                eprintln!("{}:{}: {e}", path.display(), i + 1);
+                return 3;
+            }
+        }
+    }
+    let keys: std::collections::BTreeSet<String> = ops.iter().map(|o| o.key.clone()).collect();
+    let mut worst = Validity::Valid;
+    for k in keys {
+        let mine: Vec<Op> = ops.iter().filter(|o| o.key == k).cloned().collect();
+        let explain = dir.join(format!("linearizability-{k}.html"));
+        let v = checker::check_register(&mine, Duration::from_secs(timeout_s), Some(&explain));
+        println!("{k}: {:?} ({} operations)", v.valid, mine.len());
+        worst = worst.max(v.valid);
+    }
+    match worst {
+        Validity::Valid => 0,
+        Validity::Invalid => 1,
+        Validity::Unknown => 2,
     }
 }
 

@@ -20,6 +20,8 @@ use crate::HarnessError;
 
 const NAMESPACE: &str = "default";
 const LABEL: &str = "flotilla-jepsen";
+/// The `result` of a compare-and-set whose first read failed: nothing was attempted.
+pub const CAS_NOT_ATTEMPTED: &str = "not-attempted";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
@@ -80,7 +82,10 @@ impl Done {
     /// A write that returned an error: certain only when the server refused it on its merits.
     fn write_error(e: &ApiError) -> Done {
         match e.code() {
-            ErrorCode::Conflict
+            // NOT_LEADER: refused before it was proposed (the API's contract; a write applied
+            // after this answer would show up as a read of a failed write).
+            ErrorCode::NotLeader
+            | ErrorCode::Conflict
             | ErrorCode::AlreadyExists
             | ErrorCode::InvalidArgument
             | ErrorCode::NotFound
@@ -309,10 +314,22 @@ impl Workload {
                 let to = p.value[1].as_u64().unwrap_or(0);
                 let (current, rv) = match read(client, &name).await {
                     Ok(r) => r,
-                    Err(e) => return Done::fail(format!("read before cas: {e}")),
+                    // Nothing was attempted: the checker leaves it out.
+                    Err(e) => {
+                        return Done {
+                            outcome: Outcome::Fail,
+                            result: json!(CAS_NOT_ATTEMPTED),
+                            error: format!("read before cas: {e}"),
+                        }
+                    }
                 };
                 if current != from {
-                    return Done::fail(format!("value was {current}"));
+                    // The read was the whole operation: the checker treats it as one.
+                    return Done {
+                        outcome: Outcome::Fail,
+                        result: json!({ "read": current }),
+                        error: format!("value was {current}"),
+                    };
                 }
                 let mut obj = configmap(&name, "register", to);
                 if let Some(m) = obj.metadata.as_mut() {

@@ -251,8 +251,11 @@ impl Client {
                         last = Some(e);
                         continue;
                     }
+                    // NOT_LEADER without an address: that server knows no leader and proposed
+                    // nothing, so another server may be asked, writes too.
                     if (idempotent && e.code() == ErrorCode::Unavailable)
                         || flotilla_api::error::is_connect_error(&s)
+                        || (e.code() == ErrorCode::NotLeader && e.leader_address.is_empty())
                     {
                         self.rotate();
                         last = Some(e);

@@ -53,6 +53,16 @@ fn mark_forwarded<T>(msg: T, timeout: Duration) -> Request<T> {
     r
 }
 
+/// No leader to send a request to: NOT_LEADER with no address, so a client knows nothing was
+/// proposed (an UNAVAILABLE write may or may not have been applied).
+pub fn no_leader(leader_wait_ms: u64) -> ApiError {
+    let mut e = ApiError::not_leader(None, None);
+    e.message = format!(
+        "no leader elected within {leader_wait_ms} ms (leader_wait_ms); the cluster may have lost its quorum; nothing was written"
+    );
+    e
+}
+
 impl ObjectApi {
     pub fn new(node: Arc<Node>, proposer: Proposer) -> Self {
         ObjectApi { node, proposer }
@@ -63,10 +73,7 @@ impl ObjectApi {
             Some((id, _)) if id == self.node.id => Ok(Route::Local),
             Some((id, addr)) if forwarded || addr.is_empty() => Err(ApiError::not_leader(Some(id), Some(addr))),
             Some((id, addr)) => Ok(Route::Forward(id, addr)),
-            None => Err(ApiError::unavailable(format!(
-                "no leader elected within {} ms (leader_wait_ms); the cluster may have lost its quorum",
-                self.node.limits.leader_wait_ms
-            ))),
+            None => Err(no_leader(self.node.limits.leader_wait_ms)),
         }
     }
 

@@ -201,10 +201,7 @@ async fn propose(node: Arc<Node>, items: Vec<Pending>, _permit: OwnedSemaphorePe
     let (remote, refused): (Vec<Pending>, Vec<Pending>) =
         remote.into_iter().partition(|p| !p.forwarded);
     let Some((id, addr)) = leader else {
-        let e = ApiError::unavailable(format!(
-            "no leader elected within {} ms (leader_wait_ms); the cluster may have lost its quorum",
-            node.limits.leader_wait_ms
-        ));
+        let e = crate::api::no_leader(node.limits.leader_wait_ms);
         reply_all(remote.into_iter().chain(refused).collect(), Err(e));
         return;
     };

@@ -56,9 +56,9 @@ run() {
 }
 
 run 0 register-kill-pause-partition --workload register --nemesis kill,pause,partition --time-limit 90 --seed 11
-run 0 set-kill-partition-loss --workload set --nemesis kill,partition,loss --time-limit 90 --seed 12
-run 0 watch-kill-pause-partition --workload watch --nemesis kill,pause,partition,loss --time-limit 90 --seed 13
-run 0 register-5-nodes --nodes 5 --workload register --nemesis partition,kill,pause --time-limit 60 --seed 14
+run 0 set-kill-partition-loss-member --workload set --nemesis kill,partition,loss,member --time-limit 90 --seed 12
+run 0 watch-kill-pause-partition-member --workload watch --nemesis kill,pause,partition,loss,member --time-limit 90 --seed 13
+run 0 register-5-nodes --nodes 5 --workload register --nemesis partition,kill,pause,member --time-limit 60 --seed 14
 # Planted bugs: a harness that cannot catch these proves nothing.
 run 1 planted-stale-read --workload register --nemesis partition --time-limit 30 --seed 21 \
     --flotilla target/debug/flotilla-planted --planted-bug stale-read

@@ -39,7 +39,11 @@ pub enum RegisterOp {
     Read(u64),
     /// A write; `Info` writes may or may not have happened.
     Write(u64),
-    Cas { from: u64, to: u64, outcome: Outcome },
+    Cas {
+        from: u64,
+        to: u64,
+        outcome: Outcome,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -114,7 +118,9 @@ pub fn register_history(ops: &[Op]) -> Result<Vec<Operation<CasRegister>>, Strin
             ("cas", Outcome::Fail) if o.result.get("read").is_some() => {
                 RegisterOp::Read(num(&o.result["read"])?)
             }
-            ("cas", Outcome::Fail) if o.result.as_str() == Some(crate::workload::CAS_NOT_ATTEMPTED) => {
+            ("cas", Outcome::Fail)
+                if o.result.as_str() == Some(crate::workload::CAS_NOT_ATTEMPTED) =>
+            {
                 continue
             }
             ("cas", outcome) => {
@@ -151,11 +157,7 @@ pub fn register_history(ops: &[Op]) -> Result<Vec<Operation<CasRegister>>, Strin
 
 /// Check a register history for linearizability. On `Invalid` porcupine's page explaining the
 /// longest linearizable prefix is written to `explain` if given.
-pub fn check_register(
-    ops: &[Op],
-    timeout: Duration,
-    explain: Option<&std::path::Path>,
-) -> Verdict {
+pub fn check_register(ops: &[Op], timeout: Duration, explain: Option<&std::path::Path>) -> Verdict {
     let history = match register_history(ops) {
         Ok(h) => h,
         Err(e) => {
@@ -282,7 +284,15 @@ pub fn check_set(ops: &[Op], reads: &FinalReads) -> Verdict {
 mod tests {
     use super::*;
 
-    fn op(p: u32, f: &str, value: serde_json::Value, result: serde_json::Value, outcome: Outcome, call: i64, ret: i64) -> Op {
+    fn op(
+        p: u32,
+        f: &str,
+        value: serde_json::Value,
+        result: serde_json::Value,
+        outcome: Outcome,
+        call: i64,
+        ret: i64,
+    ) -> Op {
         Op {
             process: p,
             f: f.into(),
@@ -307,7 +317,10 @@ mod tests {
             op(2, "cas", json!([1, 2]), Value::Null, Outcome::Ok, 21, 30),
             op(0, "read", Value::Null, json!(2), Outcome::Ok, 31, 40),
         ];
-        assert_eq!(check_register(&h, Duration::from_secs(5), None).valid, Validity::Valid);
+        assert_eq!(
+            check_register(&h, Duration::from_secs(5), None).valid,
+            Validity::Valid
+        );
     }
 
     #[test]
@@ -318,7 +331,10 @@ mod tests {
             op(0, "write", json!(2), Value::Null, Outcome::Ok, 11, 20),
             op(1, "read", Value::Null, json!(1), Outcome::Ok, 21, 30),
         ];
-        assert_eq!(check_register(&h, Duration::from_secs(5), None).valid, Validity::Invalid);
+        assert_eq!(
+            check_register(&h, Duration::from_secs(5), None).valid,
+            Validity::Invalid
+        );
     }
 
     #[test]
@@ -327,18 +343,27 @@ mod tests {
             op(0, "write", json!(7), Value::Null, Outcome::Info, 0, 10),
             op(1, "read", Value::Null, json!(7), Outcome::Ok, 50, 60),
         ];
-        assert_eq!(check_register(&seen, Duration::from_secs(5), None).valid, Validity::Valid);
+        assert_eq!(
+            check_register(&seen, Duration::from_secs(5), None).valid,
+            Validity::Valid
+        );
         let unseen = vec![
             op(0, "write", json!(7), Value::Null, Outcome::Info, 0, 10),
             op(1, "read", Value::Null, json!(0), Outcome::Ok, 50, 60),
         ];
-        assert_eq!(check_register(&unseen, Duration::from_secs(5), None).valid, Validity::Valid);
+        assert_eq!(
+            check_register(&unseen, Duration::from_secs(5), None).valid,
+            Validity::Valid
+        );
         // A failed write must not be seen.
         let failed = vec![
             op(0, "write", json!(7), Value::Null, Outcome::Fail, 0, 10),
             op(1, "read", Value::Null, json!(7), Outcome::Ok, 50, 60),
         ];
-        assert_eq!(check_register(&failed, Duration::from_secs(5), None).valid, Validity::Invalid);
+        assert_eq!(
+            check_register(&failed, Duration::from_secs(5), None).valid,
+            Validity::Invalid
+        );
     }
 
     #[test]
@@ -348,9 +373,25 @@ mod tests {
         let mut h = vec![op(0, "write", json!(1), Value::Null, Outcome::Ok, 0, 10)];
         for i in 0..20 {
             let t = 20 + 10 * i as i64;
-            h.push(op(1, "write", json!(100 + i), Value::Null, Outcome::Info, t, t + 1));
+            h.push(op(
+                1,
+                "write",
+                json!(100 + i),
+                Value::Null,
+                Outcome::Info,
+                t,
+                t + 1,
+            ));
         }
-        h.push(op(2, "read", Value::Null, json!(1), Outcome::Ok, 1000, 1010));
+        h.push(op(
+            2,
+            "read",
+            Value::Null,
+            json!(1),
+            Outcome::Ok,
+            1000,
+            1010,
+        ));
         let v = check_register(&h, Duration::from_millis(1), None);
         assert_eq!(v.valid, Validity::Unknown, "{}", v.details);
     }
@@ -359,22 +400,66 @@ mod tests {
     fn a_cas_that_failed_at_its_read_is_that_read() {
         let seen_other = vec![
             op(0, "write", json!(1), Value::Null, Outcome::Ok, 0, 10),
-            op(1, "cas", json!([5, 6]), json!({ "read": 1 }), Outcome::Fail, 20, 30),
+            op(
+                1,
+                "cas",
+                json!([5, 6]),
+                json!({ "read": 1 }),
+                Outcome::Fail,
+                20,
+                30,
+            ),
         ];
-        assert_eq!(check_register(&seen_other, Duration::from_secs(5), None).valid, Validity::Valid);
+        assert_eq!(
+            check_register(&seen_other, Duration::from_secs(5), None).valid,
+            Validity::Valid
+        );
         let stale = vec![
             op(0, "write", json!(1), Value::Null, Outcome::Ok, 0, 10),
-            op(1, "cas", json!([5, 6]), json!({ "read": 0 }), Outcome::Fail, 20, 30),
+            op(
+                1,
+                "cas",
+                json!([5, 6]),
+                json!({ "read": 0 }),
+                Outcome::Fail,
+                20,
+                30,
+            ),
         ];
-        assert_eq!(check_register(&stale, Duration::from_secs(5), None).valid, Validity::Invalid);
-        let not_tried = vec![op(1, "cas", json!([5, 6]), json!(crate::workload::CAS_NOT_ATTEMPTED), Outcome::Fail, 20, 30)];
-        assert_eq!(check_register(&not_tried, Duration::from_secs(5), None).valid, Validity::Valid);
+        assert_eq!(
+            check_register(&stale, Duration::from_secs(5), None).valid,
+            Validity::Invalid
+        );
+        let not_tried = vec![op(
+            1,
+            "cas",
+            json!([5, 6]),
+            json!(crate::workload::CAS_NOT_ATTEMPTED),
+            Outcome::Fail,
+            20,
+            30,
+        )];
+        assert_eq!(
+            check_register(&not_tried, Duration::from_secs(5), None).valid,
+            Validity::Valid
+        );
     }
 
     #[test]
     fn a_failed_cas_needs_another_value() {
-        let h = vec![op(0, "cas", json!([0, 3]), Value::Null, Outcome::Fail, 0, 10)];
-        assert_eq!(check_register(&h, Duration::from_secs(5), None).valid, Validity::Invalid);
+        let h = vec![op(
+            0,
+            "cas",
+            json!([0, 3]),
+            Value::Null,
+            Outcome::Fail,
+            0,
+            10,
+        )];
+        assert_eq!(
+            check_register(&h, Duration::from_secs(5), None).valid,
+            Validity::Invalid
+        );
     }
 
     fn add(e: u64, outcome: Outcome) -> Op {
@@ -383,7 +468,12 @@ mod tests {
 
     #[test]
     fn set_finds_lost_and_unexpected_elements() {
-        let ops = vec![add(1, Outcome::Ok), add(2, Outcome::Ok), add(3, Outcome::Info), add(4, Outcome::Fail)];
+        let ops = vec![
+            add(1, Outcome::Ok),
+            add(2, Outcome::Ok),
+            add(3, Outcome::Info),
+            add(4, Outcome::Fail),
+        ];
         let good = FinalReads {
             linearizable: Some([1, 2, 3].into()),
             per_node: [(1, [1, 2, 3].into())].into(),

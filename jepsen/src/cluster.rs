@@ -371,13 +371,25 @@ impl Db {
         }
         // Caught up: it has applied what the leader had when we looked.
         let target = match self.leader().await {
-            Some(l) => self.local_status(l).await.map(|s| s.last_log_index).unwrap_or(0),
+            Some(l) => self
+                .local_status(l)
+                .await
+                .map(|s| s.last_log_index)
+                .unwrap_or(0),
             None => 0,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.local_status(id).await.map(|s| s.applied_index).unwrap_or(0) < target {
+        while self
+            .local_status(id)
+            .await
+            .map(|s| s.applied_index)
+            .unwrap_or(0)
+            < target
+        {
             if Instant::now() > deadline {
-                return Err(format!("n{id} did not catch up to index {target} within 30 s"));
+                return Err(format!(
+                    "n{id} did not catch up to index {target} within 30 s"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

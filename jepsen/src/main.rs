@@ -58,7 +58,10 @@ impl HarnessError {
 }
 
 #[derive(Parser)]
-#[command(name = "flotilla-jepsen", about = "Fault-injection tests of a real Flotilla cluster")]
+#[command(
+    name = "flotilla-jepsen",
+    about = "Fault-injection tests of a real Flotilla cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -174,10 +177,8 @@ fn test(args: TestArgs) -> u8 {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        PathBuf::from("target/jepsen").join(format!(
-            "{secs}-{:?}-seed{}",
-            args.workload, args.seed
-        ).to_lowercase())
+        PathBuf::from("target/jepsen")
+            .join(format!("{secs}-{:?}-seed{}", args.workload, args.seed).to_lowercase())
     });
     let result = run(&args, &out);
     let (code, verdict) = match result {
@@ -191,7 +192,10 @@ fn test(args: TestArgs) -> u8 {
         ),
         Err(e) => {
             eprintln!("flotilla-jepsen: harness failure: {e}");
-            (3, serde_json::json!({ "valid": "harness-failure", "error": e.to_string() }))
+            (
+                3,
+                serde_json::json!({ "valid": "harness-failure", "error": e.to_string() }),
+            )
         }
     };
     if std::fs::create_dir_all(&out).is_ok() {
@@ -201,7 +205,10 @@ fn test(args: TestArgs) -> u8 {
             eprintln!("flotilla-jepsen: {}: {e}", path.display());
         }
     }
-    println!("{}", serde_json::to_string_pretty(&verdict).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&verdict).unwrap_or_default()
+    );
     println!("results: {}", out.display());
     code
 }
@@ -267,7 +274,10 @@ async fn run_async(
 ) -> Result<Verdict, HarnessError> {
     let rec = Recorder::new();
     db.lock().await.start_all()?;
-    db.lock().await.wait_converged(Duration::from_secs(60)).await?;
+    db.lock()
+        .await
+        .wait_converged(Duration::from_secs(60))
+        .await?;
     let workload = Arc::new(Workload::new(args.workload, args.keys));
     let start_rev = workload.setup(&*db.lock().await).await?;
 
@@ -297,7 +307,6 @@ async fn run_async(
                 (1..=args.nodes).collect(),
                 clients.clone(),
                 start_rev,
-                stop.clone(),
                 final_rx.clone(),
                 Duration::from_secs(60),
                 args.seed.wrapping_mul(7919).wrapping_add(w as u64),
@@ -346,7 +355,13 @@ async fn run_async(
             loop {
                 let crashed = db.lock().await.crashed();
                 for (id, status) in crashed {
-                    rec.fault("crash", "start", vec![id], history::FaultStatus::Installed, format!("server n{id} exited on its own: {status}"));
+                    rec.fault(
+                        "crash",
+                        "start",
+                        vec![id],
+                        history::FaultStatus::Installed,
+                        format!("server n{id} exited on its own: {status}"),
+                    );
                     exits.push((id, status));
                     let _ = db.lock().await.start(id);
                 }
@@ -365,13 +380,26 @@ async fn run_async(
         return Err(HarnessError::Interrupted);
     }
     nemesis::heal_all(&db, &net, &rec).await;
-    let recovered = db.lock().await.wait_converged(Duration::from_secs(60)).await;
+    let recovered = db
+        .lock()
+        .await
+        .wait_converged(Duration::from_secs(60))
+        .await;
 
     let mut verdict = {
         let g = db.lock().await;
         let recorded = rec.take();
         let v = if args.workload == Kind::Watch {
-            check_watch(&g, &clients, start_rev, watchers, &final_tx, &recorded.ops, out).await?
+            check_watch(
+                &g,
+                &clients,
+                start_rev,
+                watchers,
+                &final_tx,
+                &recorded.ops,
+                out,
+            )
+            .await?
         } else {
             workload.check(&g, &recorded.ops, out).await
         };
@@ -383,13 +411,28 @@ async fn run_async(
         let title = format!(
             "{:?} under {} (seed {}, {} nodes, {} s)",
             args.workload,
-            if args.nemesis.is_empty() { "no faults".to_string() } else { args.nemesis.iter().map(|n| n.name()).collect::<Vec<_>>().join(",") },
+            if args.nemesis.is_empty() {
+                "no faults".to_string()
+            } else {
+                args.nemesis
+                    .iter()
+                    .map(|n| n.name())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
             args.seed,
             args.nodes,
             args.time_limit
         );
-        report::write_timeline(&out.join("index.html"), &title, &vj, &recorded.ops, &recorded.faults, concurrency)
-            .map_err(|e| HarnessError::io(out, e))?;
+        report::write_timeline(
+            &out.join("index.html"),
+            &title,
+            &vj,
+            &recorded.ops,
+            &recorded.faults,
+            concurrency,
+        )
+        .map_err(|e| HarnessError::io(out, e))?;
         v
     };
     if let Err(e) = recovered {
@@ -441,7 +484,10 @@ async fn check_watch(
     }
     let mut reference = std::collections::BTreeMap::new();
     for id in &db.ids {
-        reference.insert(*id, watch::read_history(clients, *id, start_rev, final_rev).await);
+        reference.insert(
+            *id,
+            watch::read_history(clients, *id, start_rev, final_rev).await,
+        );
     }
     let path = out.join("watchers.json");
     let text = serde_json::to_string(&logs).unwrap_or_default();
@@ -519,7 +565,8 @@ async fn worker(
         };
         let plan = workload.plan(process, &mut rng);
         let call_ns = rec.now_ns();
-        let done = match tokio::time::timeout(op_timeout, workload.invoke(c, process, &plan)).await {
+        let done = match tokio::time::timeout(op_timeout, workload.invoke(c, process, &plan)).await
+        {
             Ok(d) => d,
             Err(_) => workload::Done::info(format!("no answer within {op_timeout:?}")),
         };

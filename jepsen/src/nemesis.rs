@@ -102,7 +102,10 @@ async fn process_targets(db: &Mutex<Db>, rng: &mut StdRng) -> (String, Vec<u64>)
     match rng.random_range(0..3) {
         0 => match g.leader().await {
             Some(l) => ("leader".into(), vec![l]),
-            None => ("random (no leader answered)".into(), vec![*ids.choose(rng).unwrap_or(&1)]),
+            None => (
+                "random (no leader answered)".into(),
+                vec![*ids.choose(rng).unwrap_or(&1)],
+            ),
         },
         1 => ("random".into(), vec![*ids.choose(rng).unwrap_or(&1)]),
         _ => {
@@ -132,19 +135,35 @@ async fn start(
             } else {
                 FaultStatus::Installed
             };
-            rec.fault(n.name(), "start", killed.clone(), status, format!("SIGKILL {what}"));
+            rec.fault(
+                n.name(),
+                "start",
+                killed.clone(),
+                status,
+                format!("SIGKILL {what}"),
+            );
             Some(Active::Killed(killed))
         }
         Nemesis::Pause => {
             let (what, targets) = process_targets(db, rng).await;
             let mut g = db.lock().await;
-            let paused: Vec<u64> = targets.iter().copied().filter(|t| g.pause(*t, true)).collect();
+            let paused: Vec<u64> = targets
+                .iter()
+                .copied()
+                .filter(|t| g.pause(*t, true))
+                .collect();
             let status = if paused.is_empty() {
                 FaultStatus::Skipped
             } else {
                 FaultStatus::Installed
             };
-            rec.fault(n.name(), "start", paused.clone(), status, format!("SIGSTOP {what}"));
+            rec.fault(
+                n.name(),
+                "start",
+                paused.clone(),
+                status,
+                format!("SIGSTOP {what}"),
+            );
             Some(Active::Paused(paused))
         }
         Nemesis::Partition => {
@@ -153,10 +172,22 @@ async fn start(
             let (what, grudge) = partition_plan(&ids, leader, rng);
             match net.partition(&grudge) {
                 Ok(()) => {
-                    rec.fault(n.name(), "start", grudge.keys().copied().collect(), FaultStatus::Installed, format!("{what}: {}", describe(&grudge)));
+                    rec.fault(
+                        n.name(),
+                        "start",
+                        grudge.keys().copied().collect(),
+                        FaultStatus::Installed,
+                        format!("{what}: {}", describe(&grudge)),
+                    );
                 }
                 Err(e) => {
-                    rec.fault(n.name(), "start", Vec::new(), FaultStatus::Indeterminate, format!("{what}: {e}"));
+                    rec.fault(
+                        n.name(),
+                        "start",
+                        Vec::new(),
+                        FaultStatus::Indeterminate,
+                        format!("{what}: {e}"),
+                    );
                 }
             }
             Some(Active::Network)
@@ -164,17 +195,38 @@ async fn start(
         Nemesis::Loss => {
             let pct = rng.random_range(5..=30);
             match net.loss(pct) {
-                Ok(()) => rec.fault(n.name(), "start", net.nodes.clone(), FaultStatus::Installed, format!("drop {pct}% of server-to-server packets")),
-                Err(e) => rec.fault(n.name(), "start", Vec::new(), FaultStatus::Indeterminate, e.to_string()),
+                Ok(()) => rec.fault(
+                    n.name(),
+                    "start",
+                    net.nodes.clone(),
+                    FaultStatus::Installed,
+                    format!("drop {pct}% of server-to-server packets"),
+                ),
+                Err(e) => rec.fault(
+                    n.name(),
+                    "start",
+                    Vec::new(),
+                    FaultStatus::Indeterminate,
+                    e.to_string(),
+                ),
             }
             Some(Active::Network)
         }
         Nemesis::Member => {
             let mut g = db.lock().await;
-            let mut ids: Vec<u64> = g.ids.iter().copied().filter(|i| !g.removed.contains(i)).collect();
+            let mut ids: Vec<u64> = g
+                .ids
+                .iter()
+                .copied()
+                .filter(|i| !g.removed.contains(i))
+                .collect();
             ids.shuffle(rng);
             // Keep at least three voters: one of three, one or two of five.
-            let k = if ids.len() >= 5 { rng.random_range(1..=2) } else { 1 };
+            let k = if ids.len() >= 5 {
+                rng.random_range(1..=2)
+            } else {
+                1
+            };
             let mut removed = Vec::new();
             for id in ids.into_iter().take(k) {
                 match g.remove_member(id).await {
@@ -187,7 +239,13 @@ async fn start(
             }
             if !removed.is_empty() {
                 let n_left = g.ids.len() - g.removed.len();
-                rec.fault(n.name(), "start", removed.clone(), FaultStatus::Installed, format!("removed and wiped; {n_left} members left"));
+                rec.fault(
+                    n.name(),
+                    "start",
+                    removed.clone(),
+                    FaultStatus::Installed,
+                    format!("removed and wiped; {n_left} members left"),
+                );
             }
             Some(Active::Removed(removed))
         }
@@ -196,16 +254,45 @@ async fn start(
             let mut done = Vec::new();
             for id in &net.nodes {
                 let ns = net.node_ns(*id);
-                match crate::net::run("ip", &["netns", "exec", &ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", &format!("{delay}ms"), &format!("{}ms", delay / 4)]) {
+                match crate::net::run(
+                    "ip",
+                    &[
+                        "netns",
+                        "exec",
+                        &ns,
+                        "tc",
+                        "qdisc",
+                        "add",
+                        "dev",
+                        "eth0",
+                        "root",
+                        "netem",
+                        "delay",
+                        &format!("{delay}ms"),
+                        &format!("{}ms", delay / 4),
+                    ],
+                ) {
                     Ok(_) => done.push(*id),
                     Err(e) => {
-                        rec.fault(n.name(), "start", Vec::new(), FaultStatus::Skipped, format!("tc netem is not available here: {e}"));
+                        rec.fault(
+                            n.name(),
+                            "start",
+                            Vec::new(),
+                            FaultStatus::Skipped,
+                            format!("tc netem is not available here: {e}"),
+                        );
                         break;
                     }
                 }
             }
             if !done.is_empty() {
-                rec.fault(n.name(), "start", done.clone(), FaultStatus::Installed, format!("delay {delay}ms ± {}ms", delay / 4));
+                rec.fault(
+                    n.name(),
+                    "start",
+                    done.clone(),
+                    FaultStatus::Installed,
+                    format!("delay {delay}ms ± {}ms", delay / 4),
+                );
             }
             Some(Active::Netem(done))
         }
@@ -224,8 +311,18 @@ async fn heal(n: Nemesis, a: Active, db: &Mutex<Db>, net: &Net, rec: &Recorder) 
                     Err(e) => errors.push(e.to_string()),
                 }
             }
-            let status = if errors.is_empty() { FaultStatus::Installed } else { FaultStatus::Indeterminate };
-            rec.fault(n.name(), "stop", started, status, format!("restart {}", errors.join("; ")).trim().to_string());
+            let status = if errors.is_empty() {
+                FaultStatus::Installed
+            } else {
+                FaultStatus::Indeterminate
+            };
+            rec.fault(
+                n.name(),
+                "stop",
+                started,
+                status,
+                format!("restart {}", errors.join("; ")).trim().to_string(),
+            );
         }
         Active::Paused(ids) => {
             let mut g = db.lock().await;
@@ -233,14 +330,32 @@ async fn heal(n: Nemesis, a: Active, db: &Mutex<Db>, net: &Net, rec: &Recorder) 
             rec.fault(n.name(), "stop", resumed, FaultStatus::Installed, "SIGCONT");
         }
         Active::Network => match net.heal() {
-            Ok(()) => rec.fault(n.name(), "stop", net.nodes.clone(), FaultStatus::Installed, "rules removed"),
-            Err(e) => rec.fault(n.name(), "stop", Vec::new(), FaultStatus::Indeterminate, e.to_string()),
+            Ok(()) => rec.fault(
+                n.name(),
+                "stop",
+                net.nodes.clone(),
+                FaultStatus::Installed,
+                "rules removed",
+            ),
+            Err(e) => rec.fault(
+                n.name(),
+                "stop",
+                Vec::new(),
+                FaultStatus::Indeterminate,
+                e.to_string(),
+            ),
         },
         Active::Removed(ids) => {
             let mut g = db.lock().await;
             for id in ids {
                 match g.add_member(id).await {
-                    Ok(()) => rec.fault(n.name(), "stop", vec![id], FaultStatus::Installed, "added back empty, caught up, promoted"),
+                    Ok(()) => rec.fault(
+                        n.name(),
+                        "stop",
+                        vec![id],
+                        FaultStatus::Installed,
+                        "added back empty, caught up, promoted",
+                    ),
                     Err(e) => rec.fault(n.name(), "stop", vec![id], FaultStatus::Indeterminate, e),
                 }
             }
@@ -248,10 +363,21 @@ async fn heal(n: Nemesis, a: Active, db: &Mutex<Db>, net: &Net, rec: &Recorder) 
         Active::Netem(ids) => {
             for id in &ids {
                 let ns = net.node_ns(*id);
-                let _ = crate::net::run("ip", &["netns", "exec", &ns, "tc", "qdisc", "del", "dev", "eth0", "root"]);
+                let _ = crate::net::run(
+                    "ip",
+                    &[
+                        "netns", "exec", &ns, "tc", "qdisc", "del", "dev", "eth0", "root",
+                    ],
+                );
             }
             if !ids.is_empty() {
-                rec.fault(n.name(), "stop", ids, FaultStatus::Installed, "qdisc removed");
+                rec.fault(
+                    n.name(),
+                    "stop",
+                    ids,
+                    FaultStatus::Installed,
+                    "qdisc removed",
+                );
             }
         }
     }
@@ -271,10 +397,22 @@ pub async fn heal_all(db: &Mutex<Db>, net: &Net, rec: &Recorder) {
     }
     for id in g.stopped() {
         if let Err(e) = g.start(id) {
-            rec.fault("heal", "stop", vec![id], FaultStatus::Indeterminate, e.to_string());
+            rec.fault(
+                "heal",
+                "stop",
+                vec![id],
+                FaultStatus::Indeterminate,
+                e.to_string(),
+            );
         }
     }
-    rec.fault("heal", "stop", g.ids.clone(), FaultStatus::Installed, "all faults removed");
+    rec.fault(
+        "heal",
+        "stop",
+        g.ids.clone(),
+        FaultStatus::Installed,
+        "all faults removed",
+    );
 }
 
 /// Which node drops traffic from which: the shapes Jepsen uses.
@@ -299,7 +437,10 @@ fn partition_plan(
             let (a, b) = shuffled.split_at(cut);
             let a: BTreeSet<u64> = a.iter().copied().collect();
             let b: BTreeSet<u64> = b.iter().copied().collect();
-            let vis = ids.iter().map(|n| (*n, if a.contains(n) { a.clone() } else { b.clone() })).collect();
+            let vis = ids
+                .iter()
+                .map(|n| (*n, if a.contains(n) { a.clone() } else { b.clone() }))
+                .collect();
             ("random halves".into(), from_visible(&vis))
         }
         1 => {
@@ -322,7 +463,18 @@ fn partition_plan(
             b.insert(bridge);
             let vis = ids
                 .iter()
-                .map(|n| (*n, if *n == bridge { all.clone() } else if a.contains(n) { a.clone() } else { b.clone() }))
+                .map(|n| {
+                    (
+                        *n,
+                        if *n == bridge {
+                            all.clone()
+                        } else if a.contains(n) {
+                            a.clone()
+                        } else {
+                            b.clone()
+                        },
+                    )
+                })
                 .collect();
             ("bridge".into(), from_visible(&vis))
         }
@@ -331,7 +483,12 @@ fn partition_plan(
             let n = shuffled.len();
             let vis = (0..n)
                 .map(|i| {
-                    let v: BTreeSet<u64> = [shuffled[(i + n - 1) % n], shuffled[i], shuffled[(i + 1) % n]].into();
+                    let v: BTreeSet<u64> = [
+                        shuffled[(i + n - 1) % n],
+                        shuffled[i],
+                        shuffled[(i + 1) % n],
+                    ]
+                    .into();
                     (shuffled[i], v)
                 })
                 .collect();
@@ -339,9 +496,14 @@ fn partition_plan(
         }
         _ => {
             // One-way: one node hears nobody, but everyone hears it.
-            let deaf = leader.filter(|_| rng.random_bool(0.5)).unwrap_or(shuffled[0]);
+            let deaf = leader
+                .filter(|_| rng.random_bool(0.5))
+                .unwrap_or(shuffled[0]);
             let others: BTreeSet<u64> = all.iter().copied().filter(|n| *n != deaf).collect();
-            ("one-way (a node that cannot hear)".into(), [(deaf, others)].into())
+            (
+                "one-way (a node that cannot hear)".into(),
+                [(deaf, others)].into(),
+            )
         }
     }
 }
@@ -413,7 +575,9 @@ mod tests {
         let ids = [1, 2, 3, 4, 5];
         let plan = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            (0..10).map(|_| partition_plan(&ids, None, &mut rng).1).collect::<Vec<_>>()
+            (0..10)
+                .map(|_| partition_plan(&ids, None, &mut rng).1)
+                .collect::<Vec<_>>()
         };
         assert_eq!(plan(7), plan(7));
     }

@@ -97,7 +97,15 @@ impl Net {
             "-n", hub, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
         ])?;
         ip(&["-n", hub, "link", "set", port, "master", "br0", "up"])?;
-        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", ns, "link", "set", "eth0", "up"])?;
         Ok(())
     }

@@ -57,7 +57,13 @@ pub fn write_timeline(
                     r##"<rect x="{x0:.1}" y="{top}" width="{:.1}" height="{:.1}" fill="#f4d35e" opacity="0.25"><title>{}</title></rect>"##,
                     (x1 - x0).max(1.0),
                     slots as f64 * row,
-                    esc(&format!("{} {}: {} ({:?})", s.nemesis, s.detail, targets(&s.targets), s.status))
+                    esc(&format!(
+                        "{} {}: {} ({:?})",
+                        s.nemesis,
+                        s.detail,
+                        targets(&s.targets),
+                        s.status
+                    ))
                 );
                 let y = top + slots as f64 * row + 10.0 + lane as f64 * row;
                 let _ = write!(
@@ -103,7 +109,11 @@ pub fn write_timeline(
         );
     }
     for s in 0..slots {
-        let _ = write!(svg, r#"<text x="2" y="{:.1}">slot {s}</text>"#, top + s as f64 * row + row - 5.0);
+        let _ = write!(
+            svg,
+            r#"<text x="2" y="{:.1}">slot {s}</text>"#,
+            top + s as f64 * row + row - 5.0
+        );
     }
     let _ = write!(
         svg,
@@ -139,7 +149,10 @@ pub fn write_timeline(
 }
 
 fn targets(t: &[u64]) -> String {
-    t.iter().map(|i| format!("n{i}")).collect::<Vec<_>>().join(",")
+    t.iter()
+        .map(|i| format!("n{i}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn esc(s: &str) -> String {

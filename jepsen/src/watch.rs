@@ -20,7 +20,6 @@ use flotilla_api::resume::ResumePoint;
 use crate::checker::{Validity, Verdict};
 use crate::cluster::Clients;
 use crate::history::{Op, Outcome};
-use crate::nemesis::tokio_util_like::Stop;
 
 pub const SELECTOR: &str = "flotilla-jepsen=watch";
 /// Marks a history read refused because the server's history starts later (not a fault).
@@ -72,7 +71,11 @@ pub fn to_ev(e: &WatchEvent) -> Option<Ev> {
     Some(Ev {
         revision: e.revision,
         kind: kind.into(),
-        key: o.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+        key: o
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default(),
         value,
     })
 }
@@ -88,15 +91,14 @@ fn request(from: u64) -> WatchRequest {
     }
 }
 
-/// Follow the workload's objects from `from` until `stop`, then until `until()` revision is
-/// reached (the final catch-up after healing, bounded by `catch_up`).
+/// Follow the workload's objects from `from`, restarting at random, until `final_rev` names the
+/// revision to catch up to (after healing), then until it is reached (bounded by `catch_up`).
 #[allow(clippy::too_many_arguments)]
 pub async fn watcher(
     id: usize,
     servers: Vec<u64>,
     clients: Clients,
     from: u64,
-    stop: Stop,
     final_rev: tokio::sync::watch::Receiver<Option<u64>>,
     catch_up: Duration,
     seed: u64,
@@ -123,7 +125,8 @@ pub async fn watcher(
             }
             let d = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + catch_up);
             if tokio::time::Instant::now() > d {
-                log.errors.push(format!("catch-up to revision {t} timed out at {}", seg.to));
+                log.errors
+                    .push(format!("catch-up to revision {t} timed out at {}", seg.to));
                 break;
             }
         }
@@ -152,11 +155,8 @@ pub async fn watcher(
                     log.errors.push(format!("n{server}: {e}"));
                 }
                 server = servers[rng.random_range(0..servers.len())];
-                if stop.is_set() {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                } else if stop.sleep(Duration::from_millis(200)).await && final_rev.borrow().is_none() {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                // Watchers go on after the workload stops, until the final catch-up.
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
@@ -200,7 +200,8 @@ pub async fn watcher(
                     }
                 }
                 Some(Err(s)) => {
-                    log.errors.push(format!("n{server}: stream: {}", s.message()));
+                    log.errors
+                        .push(format!("n{server}: stream: {}", s.message()));
                     server = servers[rng.random_range(0..servers.len())];
                     break;
                 }
@@ -235,7 +236,9 @@ pub async fn read_history(
     loop {
         let m = tokio::time::timeout_at(deadline, s.next())
             .await
-            .map_err(|_| format!("n{server}: no event or bookmark reached revision {to} within 60 s"))?;
+            .map_err(|_| {
+                format!("n{server}: no event or bookmark reached revision {to} within 60 s")
+            })?;
         match m {
             Some(Ok(ev)) => {
                 if ev.revision > to {
@@ -334,8 +337,14 @@ pub fn check(
             acked += 1;
             match by_rev_key.get(&(rev, key.as_str())) {
                 Some(e) if value.is_none() || e.value == value => {}
-                Some(e) => add("acknowledged_write_differs", serde_json::json!({ "op": o, "event": e })),
-                None => add("acknowledged_write_missing", serde_json::json!({ "op": o, "revision": rev })),
+                Some(e) => add(
+                    "acknowledged_write_differs",
+                    serde_json::json!({ "op": o, "event": e }),
+                ),
+                None => add(
+                    "acknowledged_write_missing",
+                    serde_json::json!({ "op": o, "revision": rev }),
+                ),
             }
         }
     }
@@ -376,7 +385,10 @@ pub fn check(
             let mut prev = 0;
             for e in &s.events {
                 if e.revision < prev {
-                    add("watch_out_of_order", serde_json::json!({ "watcher": w.watcher, "event": e }));
+                    add(
+                        "watch_out_of_order",
+                        serde_json::json!({ "watcher": w.watcher, "event": e }),
+                    );
                 }
                 prev = e.revision;
             }
@@ -385,16 +397,25 @@ pub fn check(
             for (b, at) in &s.bookmarks {
                 bookmarks += 1;
                 if *b < last_bm {
-                    add("bookmark_went_back", serde_json::json!({ "watcher": w.watcher, "bookmark": b, "after": last_bm }));
+                    add(
+                        "bookmark_went_back",
+                        serde_json::json!({ "watcher": w.watcher, "bookmark": b, "after": last_bm }),
+                    );
                 }
                 last_bm = *b;
                 if let Some(e) = s.events[*at..].iter().find(|e| e.revision <= *b) {
-                    add("event_after_its_bookmark", serde_json::json!({ "watcher": w.watcher, "bookmark": b, "event": e }));
+                    add(
+                        "event_after_its_bookmark",
+                        serde_json::json!({ "watcher": w.watcher, "bookmark": b, "event": e }),
+                    );
                 }
             }
         }
         if w.segments.last().is_some_and(|s| s.to < final_rev) {
-            unknown.push(format!("watcher {} did not reach revision {final_rev}", w.watcher));
+            unknown.push(format!(
+                "watcher {} did not reach revision {final_rev}",
+                w.watcher
+            ));
         }
     }
     let valid = if !anomalies.is_empty() {
@@ -451,7 +472,11 @@ fn acknowledged(o: &Op) -> Vec<(String, Option<u64>, Option<u64>)> {
 }
 
 fn first_difference(a: &[Ev], b: &[Ev]) -> serde_json::Value {
-    let i = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+    let i = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
     serde_json::json!({ "index": i, "expected": a.get(i), "got": b.get(i) })
 }
 
@@ -487,16 +512,32 @@ mod tests {
         vec![ev(5, "a", 1), ev(6, "b", 2), ev(6, "c", 3), ev(9, "a", 4)]
     }
 
-    fn one_watcher(events: Vec<Ev>, from: u64, to: u64, bookmarks: Vec<(u64, usize)>) -> Vec<WatcherLog> {
+    fn one_watcher(
+        events: Vec<Ev>,
+        from: u64,
+        to: u64,
+        bookmarks: Vec<(u64, usize)>,
+    ) -> Vec<WatcherLog> {
         vec![WatcherLog {
             watcher: 0,
-            segments: vec![Segment { from, to, events, bookmarks, servers: vec![1] }],
+            segments: vec![Segment {
+                from,
+                to,
+                events,
+                bookmarks,
+                servers: vec![1],
+            }],
             ..Default::default()
         }]
     }
 
     fn ops() -> Vec<Op> {
-        vec![write("a", 1, 5), write("b", 2, 6), write("c", 3, 6), write("a", 4, 9)]
+        vec![
+            write("a", 1, 5),
+            write("b", 2, 6),
+            write("c", 3, 6),
+            write("a", 4, 9),
+        ]
     }
 
     fn reference() -> BTreeMap<u64, Result<Vec<Ev>, String>> {
@@ -526,20 +567,40 @@ mod tests {
     fn duplicates_reordering_and_early_bookmarks_are_caught() {
         let mut dup = history();
         dup.insert(1, ev(5, "a", 1));
-        assert_eq!(check(&reference(), &one_watcher(dup, 0, 9, vec![]), &ops(), 9).valid, Validity::Invalid);
+        assert_eq!(
+            check(&reference(), &one_watcher(dup, 0, 9, vec![]), &ops(), 9).valid,
+            Validity::Invalid
+        );
         let mut swapped = history();
         swapped.swap(0, 3);
-        assert_eq!(check(&reference(), &one_watcher(swapped, 0, 9, vec![]), &ops(), 9).valid, Validity::Invalid);
+        assert_eq!(
+            check(&reference(), &one_watcher(swapped, 0, 9, vec![]), &ops(), 9).valid,
+            Validity::Invalid
+        );
         // A bookmark at 6 before the events of revision 6 arrived.
-        let v = check(&reference(), &one_watcher(history(), 0, 9, vec![(6, 1)]), &ops(), 9);
-        assert!(v.details["anomalies"]["event_after_its_bookmark"].is_array(), "{}", v.details);
+        let v = check(
+            &reference(),
+            &one_watcher(history(), 0, 9, vec![(6, 1)]),
+            &ops(),
+            9,
+        );
+        assert!(
+            v.details["anomalies"]["event_after_its_bookmark"].is_array(),
+            "{}",
+            v.details
+        );
     }
 
     #[test]
     fn a_lost_acknowledged_write_or_disagreeing_servers_are_caught() {
         let mut more = ops();
         more.push(write("b", 7, 12));
-        let v = check(&reference(), &one_watcher(history(), 0, 9, vec![]), &more, 9);
+        let v = check(
+            &reference(),
+            &one_watcher(history(), 0, 9, vec![]),
+            &more,
+            9,
+        );
         assert!(v.details["anomalies"]["acknowledged_write_missing"].is_array());
         let mut r = reference();
         r.insert(3, Ok(history()[..3].to_vec()));

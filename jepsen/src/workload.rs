@@ -135,9 +135,7 @@ impl Workload {
                     Err(e) => {
                         attempts += 1;
                         if attempts > 50 {
-                            return Err(HarnessError::Setup(format!(
-                                "create register {k}: {e}"
-                            )));
+                            return Err(HarnessError::Setup(format!("create register {k}: {e}")));
                         }
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
@@ -163,7 +161,8 @@ impl Workload {
                     },
                     12..=16 => {
                         // Two different objects in one request: one revision for both.
-                        let other = (key + 1 + rng.random_range(0..self.keys.max(2) - 1)) % self.keys.max(2);
+                        let other = (key + 1 + rng.random_range(0..self.keys.max(2) - 1))
+                            % self.keys.max(2);
                         let a = self.next.fetch_add(1, Ordering::Relaxed);
                         let b = self.next.fetch_add(1, Ordering::Relaxed);
                         Planned {
@@ -377,7 +376,10 @@ impl Workload {
         let mut out = FinalReads::default();
         for _ in 0..30 {
             if let Ok(mut c) = db.any_client().await {
-                if let Ok((items, _)) = c.list("ConfigMap", NAMESPACE, &format!("{LABEL}=set"), false).await {
+                if let Ok((items, _)) = c
+                    .list("ConfigMap", NAMESPACE, &format!("{LABEL}=set"), false)
+                    .await
+                {
                     out.linearizable = Some(elements(&items));
                     break;
                 }
@@ -386,7 +388,10 @@ impl Workload {
         }
         for id in &db.ids {
             if let Ok(mut c) = db.client(*id).await {
-                if let Ok((items, _)) = c.list("ConfigMap", NAMESPACE, &format!("{LABEL}=set"), true).await {
+                if let Ok((items, _)) = c
+                    .list("ConfigMap", NAMESPACE, &format!("{LABEL}=set"), true)
+                    .await
+                {
                     out.per_node.insert(*id, elements(&items));
                 }
             }
@@ -400,10 +405,7 @@ fn rv(o: &Object) -> u64 {
 }
 
 fn elements(items: &[Object]) -> BTreeSet<u64> {
-    items
-        .iter()
-        .filter_map(|o| value_of(o).ok())
-        .collect()
+    items.iter().filter_map(|o| value_of(o).ok()).collect()
 }
 
 fn value_of(o: &Object) -> Result<u64, String> {
@@ -427,7 +429,10 @@ async fn read(client: &mut Client, name: &str) -> Result<(u64, u64), String> {
     };
     let (o, _) = client.get(key, false).await.map_err(|e| e.to_string())?;
     let v = value_of(&o)?;
-    Ok((v, o.metadata.as_ref().map(|m| m.resource_version).unwrap_or(0)))
+    Ok((
+        v,
+        o.metadata.as_ref().map(|m| m.resource_version).unwrap_or(0),
+    ))
 }
 
 /// The ConfigMap that holds one register or one set element.

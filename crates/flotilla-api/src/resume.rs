@@ -109,7 +109,8 @@ mod tests {
             out.push((*r, k.to_string()));
         }
         let mut resume = p.resume();
-        for (r, k) in history.iter().filter(|(r, _)| *r > resume.start_revision) {
+        let start = resume.start_revision;
+        for (r, k) in history.iter().filter(|(r, _)| *r > start) {
             if !resume.already_delivered(*r) {
                 out.push((*r, k.to_string()));
             }
@@ -119,7 +120,15 @@ mod tests {
 
     #[test]
     fn a_break_inside_a_revision_loses_and_repeats_nothing() {
-        let h = [(3, "a"), (5, "b"), (5, "c"), (5, "d"), (6, "a"), (8, "e"), (8, "f")];
+        let h = [
+            (3, "a"),
+            (5, "b"),
+            (5, "c"),
+            (5, "d"),
+            (6, "a"),
+            (8, "e"),
+            (8, "f"),
+        ];
         let all: Vec<(u64, String)> = h.iter().map(|(r, k)| (*r, k.to_string())).collect();
         for cut in 0..=h.len() {
             assert_eq!(replay(&h, 0, cut), all, "break after {cut} events");

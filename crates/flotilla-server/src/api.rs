@@ -71,7 +71,9 @@ impl ObjectApi {
     async fn route(&self, forwarded: bool) -> Result<Route, ApiError> {
         match self.node.wait_leader().await {
             Some((id, _)) if id == self.node.id => Ok(Route::Local),
-            Some((id, addr)) if forwarded || addr.is_empty() => Err(ApiError::not_leader(Some(id), Some(addr))),
+            Some((id, addr)) if forwarded || addr.is_empty() => {
+                Err(ApiError::not_leader(Some(id), Some(addr)))
+            }
             Some((id, addr)) => Ok(Route::Forward(id, addr)),
             None => Err(no_leader(self.node.limits.leader_wait_ms)),
         }

@@ -13,6 +13,7 @@ mod history;
 mod nemesis;
 mod net;
 mod report;
+mod stop;
 mod watch;
 mod workload;
 
@@ -28,9 +29,9 @@ use rand::SeedableRng;
 use checker::{Validity, Verdict};
 use cluster::{Clients, Db, DbOpts};
 use history::{Op, Outcome, Recorder};
-use nemesis::tokio_util_like::Stop;
 use nemesis::Nemesis;
 use net::Net;
+use stop::Stop;
 use workload::{Kind, Workload};
 
 #[derive(Debug, thiserror::Error)]

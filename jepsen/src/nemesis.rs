@@ -14,6 +14,7 @@ use tokio::sync::Mutex;
 use crate::cluster::Db;
 use crate::history::{FaultStatus, Recorder};
 use crate::net::Net;
+use crate::stop::Stop;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Nemesis {
@@ -69,7 +70,7 @@ pub async fn run(
     net: Arc<Net>,
     rec: Recorder,
     mut rng: StdRng,
-    stop: tokio_util_like::Stop,
+    stop: Stop,
 ) {
     if schedule.nemeses.is_empty() {
         stop.wait().await;
@@ -514,33 +515,6 @@ fn describe(g: &BTreeMap<u64, BTreeSet<u64>>) -> String {
         .map(|(n, v)| format!("n{n} drops {:?}", v))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// A stop signal shared by the run's tasks (the time limit or Ctrl-C).
-pub mod tokio_util_like {
-    use std::time::Duration;
-
-    #[derive(Clone)]
-    pub struct Stop(pub tokio::sync::watch::Receiver<bool>);
-
-    impl Stop {
-        pub fn is_set(&self) -> bool {
-            *self.0.borrow()
-        }
-
-        pub async fn wait(mut self) {
-            let _ = self.0.wait_for(|s| *s).await;
-        }
-
-        /// Sleep up to `d`; true if the stop signal came first.
-        pub async fn sleep(&self, d: Duration) -> bool {
-            let mut rx = self.0.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(d) => self.is_set(),
-                _ = rx.wait_for(|s| *s) => true,
-            }
-        }
-    }
 }
 
 #[cfg(test)]

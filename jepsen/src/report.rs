@@ -79,8 +79,7 @@ pub fn write_timeline(
             }
         }
     }
-    for (i, o) in ops.iter().take(MAX_DRAWN_OPS).enumerate() {
-        let _ = i;
+    for o in ops.iter().take(MAX_DRAWN_OPS) {
         let slot = o.process as usize % slots.max(1);
         let y = top + slot as f64 * row;
         let colour = match o.outcome {

@@ -30,6 +30,19 @@ pub struct DbOpts {
     /// A planted bug the servers switch on (`FLOTILLA_PLANTED_BUG`; needs a `planted-bugs`
     /// build of flotilla), for the harness's self-test.
     pub planted_bug: Option<String>,
+    /// Start servers under libfaketime so the clock nemesis can skew their wall clocks.
+    pub fake_clock: bool,
+}
+
+/// Where Debian's `faketime` package puts the library, on any architecture.
+pub fn libfaketime() -> Option<PathBuf> {
+    let dirs = std::fs::read_dir("/usr/lib").ok()?;
+    dirs.filter_map(|d| d.ok())
+        .map(|d| d.path().join("faketime/libfaketime.so.1"))
+        .chain(std::iter::once(PathBuf::from(
+            "/usr/lib/faketime/libfaketime.so.1",
+        )))
+        .find(|p| p.exists())
 }
 
 struct Server {
@@ -37,6 +50,13 @@ struct Server {
     paused: bool,
     config: PathBuf,
     log: PathBuf,
+}
+
+impl Server {
+    /// libfaketime's offset file (`+0`, `-42`: seconds).
+    fn clock_file(&self) -> PathBuf {
+        self.log.with_file_name("faketime")
+    }
 }
 
 pub struct Db {
@@ -128,6 +148,18 @@ impl Db {
         let mut cmd = Command::new("ip");
         if let Some(bug) = &self.opts.planted_bug {
             cmd.env("FLOTILLA_PLANTED_BUG", bug);
+        }
+        if let (true, Some(lib)) = (self.opts.fake_clock, libfaketime()) {
+            // The wall clock only: faking the monotonic clock hangs tokio. The offset file is
+            // read again every second, so the nemesis changes the skew of a running server.
+            let file = s.clock_file();
+            if !file.exists() {
+                std::fs::write(&file, "+0").map_err(|e| HarnessError::io(&file, e))?;
+            }
+            cmd.env("LD_PRELOAD", lib)
+                .env("FAKETIME_TIMESTAMP_FILE", &file)
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         }
         let child = cmd
             .args(["netns", "exec", &self.ns[&id]])
@@ -321,6 +353,16 @@ impl Db {
 }
 
 impl Db {
+    /// Skew server `id`'s wall clock by `secs` (0: the true time). Needs `fake_clock`.
+    pub fn set_clock_offset(&self, id: u64, secs: i64) -> Result<(), String> {
+        let s = self
+            .servers
+            .get(&id)
+            .ok_or_else(|| format!("no server {id}"))?;
+        let file = s.clock_file();
+        std::fs::write(&file, format!("{secs:+}")).map_err(|e| format!("{}: {e}", file.display()))
+    }
+
     /// Remove server `id` from the membership, then stop it and wipe its data: when it comes
     /// back it is a new, empty server that must be added again.
     pub async fn remove_member(&mut self, id: u64) -> Result<(), String> {

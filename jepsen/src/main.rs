@@ -250,6 +250,7 @@ fn run(args: &TestArgs, out: &Path) -> Result<Verdict, HarnessError> {
             snapshot_logs_since_last: args.snapshot_threshold,
             request_timeout: Duration::from_millis(args.request_timeout_ms),
             planted_bug: args.planted_bug.clone(),
+            fake_clock: args.nemesis.contains(&Nemesis::Clock),
         },
     )?;
     // Every socket from here on is opened in the clients' namespace.

@@ -29,6 +29,9 @@ pub enum Nemesis {
     Loss,
     /// `tc netem` delay; recorded as skipped where the kernel has no netem.
     Netem,
+    /// Wall-clock skew of up to ±120 s on some servers through libfaketime (the monotonic clock
+    /// stays true); skipped, with the reason, where Debian's `faketime` is not installed.
+    Clock,
     /// Membership: remove one server (two of five: 5 → 3) and wipe its data; when healing add
     /// it back empty as a learner, let it catch up (by snapshot) and promote it (3 → 5).
     Member,
@@ -43,6 +46,7 @@ impl Nemesis {
             Nemesis::Loss => "loss",
             Nemesis::Netem => "netem",
             Nemesis::Member => "member",
+            Nemesis::Clock => "clock",
         }
     }
 }
@@ -54,6 +58,7 @@ enum Active {
     Network,
     Netem(Vec<u64>),
     Removed(Vec<u64>),
+    Skewed(Vec<u64>),
 }
 
 pub struct Schedule {
@@ -213,6 +218,44 @@ async fn start(
             }
             Some(Active::Network)
         }
+        Nemesis::Clock => {
+            if crate::cluster::libfaketime().is_none() {
+                rec.fault(
+                    n.name(),
+                    "start",
+                    Vec::new(),
+                    FaultStatus::Skipped,
+                    "libfaketime is not installed (apt-get install -y faketime)",
+                );
+                return None;
+            }
+            let g = db.lock().await;
+            let mut ids = g.ids.clone();
+            ids.shuffle(rng);
+            let k = rng.random_range(1..=ids.len());
+            let mut skewed = Vec::new();
+            let mut what = Vec::new();
+            for id in ids.into_iter().take(k) {
+                // Within the five minutes of slack certificates are issued with.
+                let secs = rng.random_range(1..=120) * if rng.random_bool(0.5) { 1 } else { -1 };
+                match g.set_clock_offset(id, secs) {
+                    Ok(()) => {
+                        skewed.push(id);
+                        what.push(format!("n{id} {secs:+}s"));
+                    }
+                    Err(e) => rec.fault(n.name(), "start", vec![id], FaultStatus::Indeterminate, e),
+                }
+            }
+            skewed.sort();
+            rec.fault(
+                n.name(),
+                "start",
+                skewed.clone(),
+                FaultStatus::Installed,
+                what.join(", "),
+            );
+            Some(Active::Skewed(skewed))
+        }
         Nemesis::Member => {
             let mut g = db.lock().await;
             let mut ids: Vec<u64> = g
@@ -346,6 +389,27 @@ async fn heal(n: Nemesis, a: Active, db: &Mutex<Db>, net: &Net, rec: &Recorder) 
                 e.to_string(),
             ),
         },
+        Active::Skewed(ids) => {
+            let g = db.lock().await;
+            let errors: Vec<String> = ids
+                .iter()
+                .filter_map(|id| g.set_clock_offset(*id, 0).err())
+                .collect();
+            let status = if errors.is_empty() {
+                FaultStatus::Installed
+            } else {
+                FaultStatus::Indeterminate
+            };
+            rec.fault(
+                n.name(),
+                "stop",
+                ids,
+                status,
+                format!("clocks true again {}", errors.join("; "))
+                    .trim()
+                    .to_string(),
+            );
+        }
         Active::Removed(ids) => {
             let mut g = db.lock().await;
             for id in ids {
@@ -388,6 +452,11 @@ async fn heal(n: Nemesis, a: Active, db: &Mutex<Db>, net: &Net, rec: &Recorder) 
 pub async fn heal_all(db: &Mutex<Db>, net: &Net, rec: &Recorder) {
     let _ = net.heal();
     let mut g = db.lock().await;
+    if g.opts.fake_clock {
+        for id in g.ids.clone() {
+            let _ = g.set_clock_offset(id, 0);
+        }
+    }
     for id in g.paused() {
         g.pause(id, false);
     }

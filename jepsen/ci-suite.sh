@@ -7,14 +7,16 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v nft >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y nftables >/dev/null
-    else
-        echo "jepsen suite: nft is missing: apt-get install -y nftables (as root)" >&2
-        exit 1
+for t in nft:nftables faketime:faketime; do
+    if ! command -v "${t%%:*}" >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            DEBIAN_FRONTEND=noninteractive apt-get install -y "${t#*:}" >/dev/null
+        else
+            echo "jepsen suite: ${t%%:*} is missing: apt-get install -y ${t#*:} (as root)" >&2
+            exit 1
+        fi
     fi
-fi
+done
 if [ "$(id -u)" != 0 ]; then
     echo "jepsen suite: must run as root (it creates network namespaces)" >&2
     exit 1
@@ -55,9 +57,9 @@ run() {
     fi
 }
 
-run 0 register-kill-pause-partition --workload register --nemesis kill,pause,partition --time-limit 90 --seed 11
-run 0 set-kill-partition-loss-member --workload set --nemesis kill,partition,loss,member --time-limit 90 --seed 12
-run 0 watch-kill-pause-partition-member --workload watch --nemesis kill,pause,partition,loss,member --time-limit 90 --seed 13
+run 0 register-3-nodes --workload register --nemesis kill,pause,partition,clock --time-limit 90 --seed 11
+run 0 set-3-nodes --workload set --nemesis kill,partition,loss,member,clock --time-limit 90 --seed 12
+run 0 watch-3-nodes --workload watch --nemesis kill,pause,partition,loss,member,clock --time-limit 90 --seed 13
 run 0 register-5-nodes --nodes 5 --workload register --nemesis partition,kill,pause,member --time-limit 60 --seed 14
 # Planted bugs: a harness that cannot catch these proves nothing.
 run 1 planted-stale-read --workload register --nemesis partition --time-limit 30 --seed 21 \

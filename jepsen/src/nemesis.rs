@@ -124,6 +124,33 @@ async fn process_targets(db: &Mutex<Db>, rng: &mut StdRng) -> (String, Vec<u64>)
     }
 }
 
+/// Kill or pause the leader, a random server or a majority; returns the servers it reached.
+async fn signal_targets(
+    n: Nemesis,
+    db: &Mutex<Db>,
+    rec: &Recorder,
+    rng: &mut StdRng,
+    signal: &str,
+    act: impl Fn(&mut Db, u64) -> bool,
+) -> Vec<u64> {
+    let (what, targets) = process_targets(db, rng).await;
+    let mut g = db.lock().await;
+    let hit: Vec<u64> = targets.into_iter().filter(|t| act(&mut g, *t)).collect();
+    let status = if hit.is_empty() {
+        FaultStatus::Skipped
+    } else {
+        FaultStatus::Installed
+    };
+    rec.fault(
+        n.name(),
+        "start",
+        hit.clone(),
+        status,
+        format!("{signal} {what}"),
+    );
+    hit
+}
+
 async fn start(
     n: Nemesis,
     db: &Mutex<Db>,
@@ -133,44 +160,12 @@ async fn start(
 ) -> Option<Active> {
     match n {
         Nemesis::Kill => {
-            let (what, targets) = process_targets(db, rng).await;
-            let mut g = db.lock().await;
-            let killed: Vec<u64> = targets.iter().copied().filter(|t| g.kill(*t)).collect();
-            let status = if killed.is_empty() {
-                FaultStatus::Skipped
-            } else {
-                FaultStatus::Installed
-            };
-            rec.fault(
-                n.name(),
-                "start",
-                killed.clone(),
-                status,
-                format!("SIGKILL {what}"),
-            );
-            Some(Active::Killed(killed))
+            let hit = signal_targets(n, db, rec, rng, "SIGKILL", |g, t| g.kill(t)).await;
+            Some(Active::Killed(hit))
         }
         Nemesis::Pause => {
-            let (what, targets) = process_targets(db, rng).await;
-            let mut g = db.lock().await;
-            let paused: Vec<u64> = targets
-                .iter()
-                .copied()
-                .filter(|t| g.pause(*t, true))
-                .collect();
-            let status = if paused.is_empty() {
-                FaultStatus::Skipped
-            } else {
-                FaultStatus::Installed
-            };
-            rec.fault(
-                n.name(),
-                "start",
-                paused.clone(),
-                status,
-                format!("SIGSTOP {what}"),
-            );
-            Some(Active::Paused(paused))
+            let hit = signal_targets(n, db, rec, rng, "SIGSTOP", |g, t| g.pause(t, true)).await;
+            Some(Active::Paused(hit))
         }
         Nemesis::Partition => {
             let ids = db.lock().await.ids.clone();

@@ -350,18 +350,7 @@ async fn heal(n: Nemesis, a: Active, db: &Mutex<Db>, net: &Net, rec: &Recorder) 
                     Err(e) => errors.push(e.to_string()),
                 }
             }
-            let status = if errors.is_empty() {
-                FaultStatus::Installed
-            } else {
-                FaultStatus::Indeterminate
-            };
-            rec.fault(
-                n.name(),
-                "stop",
-                started,
-                status,
-                format!("restart {}", errors.join("; ")).trim().to_string(),
-            );
+            healed(rec, n, started, &errors, "restart");
         }
         Active::Paused(ids) => {
             let mut g = db.lock().await;
@@ -390,20 +379,7 @@ async fn heal(n: Nemesis, a: Active, db: &Mutex<Db>, net: &Net, rec: &Recorder) 
                 .iter()
                 .filter_map(|id| g.set_clock_offset(*id, 0).err())
                 .collect();
-            let status = if errors.is_empty() {
-                FaultStatus::Installed
-            } else {
-                FaultStatus::Indeterminate
-            };
-            rec.fault(
-                n.name(),
-                "stop",
-                ids,
-                status,
-                format!("clocks true again {}", errors.join("; "))
-                    .trim()
-                    .to_string(),
-            );
+            healed(rec, n, ids, &errors, "clocks true again");
         }
         Active::Removed(ids) => {
             let mut g = db.lock().await;
@@ -441,6 +417,19 @@ async fn heal(n: Nemesis, a: Active, db: &Mutex<Db>, net: &Net, rec: &Recorder) 
             }
         }
     }
+}
+
+/// Record a heal: installed when every target healed, indeterminate (with the errors) if not.
+fn healed(rec: &Recorder, n: Nemesis, targets: Vec<u64>, errors: &[String], what: &str) {
+    let (status, detail) = if errors.is_empty() {
+        (FaultStatus::Installed, what.to_string())
+    } else {
+        (
+            FaultStatus::Indeterminate,
+            format!("{what}: {}", errors.join("; ")),
+        )
+    };
+    rec.fault(n.name(), "stop", targets, status, detail);
 }
 
 /// Undo every fault that may still be in place (end of run, or after a failure).

@@ -66,6 +66,10 @@ run 1 planted-stale-read --workload register --nemesis partition --time-limit 30
     --flotilla target/debug/flotilla-planted --planted-bug stale-read
 run 1 planted-drop-watch-event --workload watch --time-limit 20 --seed 22 \
     --flotilla target/debug/flotilla-planted --planted-bug drop-watch-event
+# Log appends acknowledged without fsync: lost when every server is killed at once (seed 23's
+# kills include `all`); no snapshots, so no purge makes the log durable by the way.
+run 1 planted-ack-before-fsync --workload set --nemesis kill --time-limit 40 --seed 23 \
+    --snapshot-threshold 1000000 --flotilla target/debug/flotilla-planted --planted-bug ack-before-fsync
 
 rm -f target/debug/flotilla-planted
 if [ "$failed" != 0 ]; then

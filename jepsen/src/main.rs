@@ -116,7 +116,8 @@ struct TestArgs {
     /// How long a fault is held, in ms (min,max).
     #[arg(long, value_delimiter = ',', default_value = "3000,8000")]
     hold_ms: Vec<u64>,
-    /// Switch on a planted bug in the servers (`stale-read`, `drop-watch-event`); needs
+    /// Switch on a planted bug in the servers (`stale-read`, `drop-watch-event`,
+    /// `ack-before-fsync`); needs
     /// flotilla built with `--features planted-bugs`. The harness's self-test: the run must
     /// come out invalid.
     #[arg(long)]

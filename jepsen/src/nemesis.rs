@@ -18,9 +18,10 @@ use crate::stop::Stop;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Nemesis {
-    /// SIGKILL the leader, a random member or a majority, and restart them when healing.
+    /// SIGKILL the leader, a random member, a majority or all (a power cut), and restart them
+    /// when healing.
     Kill,
-    /// SIGSTOP the leader, a random member or a majority; SIGCONT when healing.
+    /// SIGSTOP the leader, a random member, a majority or all; SIGCONT when healing.
     Pause,
     /// nftables partitions: random halves, isolated leader, a bridge node, a majority ring
     /// (five nodes), one-way.
@@ -101,11 +102,11 @@ pub async fn run(
     }
 }
 
-/// Targets for a process fault: the leader, one random member, or a majority.
+/// Targets for a process fault: the leader, one random member, a majority, or all.
 async fn process_targets(db: &Mutex<Db>, rng: &mut StdRng) -> (String, Vec<u64>) {
     let g = db.lock().await;
     let mut ids = g.ids.clone();
-    match rng.random_range(0..3) {
+    match rng.random_range(0..4) {
         0 => match g.leader().await {
             Some(l) => ("leader".into(), vec![l]),
             None => (
@@ -114,6 +115,8 @@ async fn process_targets(db: &Mutex<Db>, rng: &mut StdRng) -> (String, Vec<u64>)
             ),
         },
         1 => ("random".into(), vec![*ids.choose(rng).unwrap_or(&1)]),
+        // Every server at once, as a power cut: only what was fsync'd survives.
+        3 => ("all".into(), ids),
         _ => {
             ids.shuffle(rng);
             let m = ids.len() / 2 + 1;
@@ -124,7 +127,7 @@ async fn process_targets(db: &Mutex<Db>, rng: &mut StdRng) -> (String, Vec<u64>)
     }
 }
 
-/// Kill or pause the leader, a random server or a majority; returns the servers it reached.
+/// Kill or pause the leader, a random server, a majority or all; returns the servers it reached.
 async fn signal_targets(
     n: Nemesis,
     db: &Mutex<Db>,

@@ -9,6 +9,7 @@
 pub mod convert;
 pub mod log_store;
 pub mod network;
+pub mod planted;
 pub mod service;
 pub mod state_machine;
 pub mod types;

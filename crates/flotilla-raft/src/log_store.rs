@@ -125,13 +125,13 @@ impl LogStore {
     /// Run a write transaction on a blocking thread and commit it durably.
     async fn write<F>(&self, f: F) -> io::Result<()>
     where
-        F: FnOnce(&redb::WriteTransaction) -> Result<(), String> + Send + 'static,
+        F: FnOnce(&mut redb::WriteTransaction) -> Result<(), String> + Send + 'static,
     {
         let db = self.db.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_write().map_err(|e| other(&path, e))?;
-            f(&txn).map_err(|e| other(&path, e))?;
+            let mut txn = db.begin_write().map_err(|e| other(&path, e))?;
+            f(&mut txn).map_err(|e| other(&path, e))?;
             txn.commit().map_err(|e| other(&path, e))
         })
         .await
@@ -243,6 +243,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let count = encoded.len() as u64;
         let res = self
             .write(move |txn| {
+                if crate::planted::active("ack-before-fsync") {
+                    txn.set_durability(redb::Durability::None)
+                        .map_err(|e| e.to_string())?;
+                }
                 let mut t = txn.open_table(LOG).map_err(|e| e.to_string())?;
                 for (i, b) in &encoded {
                     t.insert(*i, b.as_slice()).map_err(|e| e.to_string())?;

@@ -4,7 +4,9 @@
 //! Raft log is the durable record, and after a crash the state, its events and `last_applied`
 //! are all as of the last durable commit and the rest is applied again from the log. Snapshots
 //! force a durable commit of what they contain first, so the log is never purged past durable
-//! state.
+//! state. A snapshot also carries the newest part of the watch history (bounded in bytes), and
+//! a server that installs one keeps its own older history when the two join up, so a watch can
+//! resume on a server that was just sent a snapshot.
 //!
 //! After each commit the applied entries are published on a bounded broadcast channel; watchers
 //! that fall behind re-read the history table, so a slow watcher costs disk reads, not memory.
@@ -58,6 +60,9 @@ pub struct StateMachineConfig {
     pub history_revisions: u64,
     /// Capacity of the applied-entry broadcast; a watcher further behind re-reads history.
     pub broadcast_capacity: usize,
+    /// Encoded watch history carried in a snapshot, newest revisions first, whole revisions
+    /// only: a server that installs the snapshot keeps serving watches resumed from there.
+    pub snapshot_history_max_bytes: usize,
 }
 
 impl Default for StateMachineConfig {
@@ -65,6 +70,7 @@ impl Default for StateMachineConfig {
         StateMachineConfig {
             history_revisions: 100_000,
             broadcast_capacity: 4096,
+            snapshot_history_max_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -342,10 +348,18 @@ impl StateMachine {
             let (_, v) = item.map_err(|e| err(p, e))?;
             objects.push(decode::<Object>(p, "object", v.value())?);
         }
+        let (history, history_after) = history_tail(
+            &txn.open_table(EVENTS).map_err(|e| err(p, e))?,
+            read_compact(&meta_t, p)?,
+            inner.config.snapshot_history_max_bytes,
+            p,
+        )?;
         let data = pb::SnapshotData {
             last_applied,
             membership: membership.clone(),
             objects,
+            history,
+            history_after,
         }
         .encode_to_vec();
         let meta = SnapshotMeta {
@@ -386,6 +400,12 @@ impl StateMachine {
         let p = inner.path.as_path();
         let snap: pb::SnapshotData = decode(p, "snapshot", data)?;
         let revision = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        // A snapshot without history (or from before snapshots carried it) holds none.
+        let history_after = if snap.history.is_empty() {
+            revision
+        } else {
+            snap.history_after.min(revision)
+        };
         let txn = inner.db.begin_write().map_err(|e| err(p, e))?;
         {
             let mut objects = txn.open_table(OBJECTS).map_err(|e| err(p, e))?;
@@ -397,8 +417,45 @@ impl StateMachine {
                     .map_err(|e| err(p, e))?;
             }
             let mut events = txn.open_table(EVENTS).map_err(|e| err(p, e))?;
-            events.retain(|_, _| false).map_err(|e| err(p, e))?;
             let mut m = txn.open_table(META).map_err(|e| err(p, e))?;
+            // Own history holds every event in (compact, applied]; applied entries are
+            // committed, so where it overlaps the snapshot's history the two are the same.
+            let own_compact = read_compact(&m, p)?;
+            let own_applied = match m.get(KEY_APPLIED).map_err(|e| err(p, e))? {
+                Some(v) => decode::<pb::LogId>(p, "last_applied", v.value())?.index,
+                None => 0,
+            };
+            let compact = if own_applied >= history_after && own_compact <= history_after {
+                events
+                    .retain_in((history_after.saturating_add(1), 0u32).., |_, _| false)
+                    .map_err(|e| err(p, e))?;
+                own_compact
+            } else {
+                events.retain(|_, _| false).map_err(|e| err(p, e))?;
+                history_after
+            };
+            let mut seq = (0u64, 0u32);
+            for ev in &snap.history {
+                if ev.revision <= history_after || ev.revision > revision {
+                    return Err(err(
+                        p,
+                        format!(
+                            "snapshot history holds revision {} outside ({history_after}, {revision}]",
+                            ev.revision
+                        ),
+                    ));
+                }
+                seq = if seq.0 == ev.revision {
+                    (ev.revision, seq.1 + 1)
+                } else if ev.revision > seq.0 {
+                    (ev.revision, 0)
+                } else {
+                    return Err(err(p, "snapshot history is not in revision order"));
+                };
+                events
+                    .insert(seq, ev.encode_to_vec().as_slice())
+                    .map_err(|e| err(p, e))?;
+            }
             match &meta.last_log_id {
                 Some(l) => m.insert(
                     KEY_APPLIED,
@@ -414,13 +471,46 @@ impl StateMachine {
                     .as_slice(),
             )
             .map_err(|e| err(p, e))?;
-            m.insert(KEY_COMPACT, revision.to_le_bytes().as_slice())
+            m.insert(KEY_COMPACT, compact.to_le_bytes().as_slice())
                 .map_err(|e| err(p, e))?;
         }
         txn.commit().map_err(|e| err(p, e))?;
         Self::persist_snapshot(inner, meta, data)?;
         Ok(revision)
     }
+}
+
+/// The newest events, whole revisions, within `max_bytes` encoded; and the revision after
+/// which the returned history is complete.
+fn history_tail(
+    events: &impl ReadableTable<(u64, u32), &'static [u8]>,
+    compact: u64,
+    max_bytes: usize,
+    p: &Path,
+) -> io::Result<(Vec<WatchEvent>, u64)> {
+    let mut newest_first: Vec<WatchEvent> = Vec::new();
+    let mut revision: Vec<WatchEvent> = Vec::new();
+    let mut bytes = 0usize;
+    let mut current = None;
+    for item in events.iter().map_err(|e| err(p, e))?.rev() {
+        let (k, v) = item.map_err(|e| err(p, e))?;
+        let (rev, _) = k.value();
+        if current != Some(rev) {
+            // A revision is complete once a lower one starts: keep it only if it fits whole.
+            newest_first.append(&mut revision);
+            current = Some(rev);
+        }
+        bytes = bytes.saturating_add(v.value().len());
+        if bytes > max_bytes {
+            newest_first.reverse();
+            return Ok((newest_first, rev));
+        }
+        // Within a revision the table is walked backwards too; reversed with the rest below.
+        revision.push(decode(p, "event", v.value())?);
+    }
+    newest_first.append(&mut revision);
+    newest_first.reverse();
+    Ok((newest_first, compact))
 }
 
 fn read_compact(
@@ -758,6 +848,7 @@ mod tests {
         let cfg = StateMachineConfig {
             history_revisions: 2,
             broadcast_capacity: 16,
+            ..Default::default()
         };
         let mut sm =
             StateMachine::open(&dir.path().join("s.redb"), &dir.path().join("snap.pb"), cfg)
@@ -846,5 +937,99 @@ mod tests {
             })
         ));
         assert_eq!(r.history_after(2, 100).unwrap().events.len(), 2);
+    }
+
+    fn open(dir: &Path, name: &str, snapshot_history_max_bytes: usize) -> StateMachine {
+        let cfg = StateMachineConfig {
+            snapshot_history_max_bytes,
+            ..Default::default()
+        };
+        StateMachine::open(
+            &dir.join(format!("{name}.redb")),
+            &dir.join(format!("{name}.pb")),
+            cfg,
+        )
+        .unwrap()
+    }
+
+    fn revisions(r: &StoreReader, after: u64) -> Result<Vec<u64>, HistoryError> {
+        r.history_after(after, 1000)
+            .map(|h| h.events.iter().map(|e| e.revision).collect())
+    }
+
+    #[tokio::test]
+    async fn snapshots_carry_the_newest_history_and_join_it_to_what_the_receiver_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut leader = open(dir.path(), "leader", usize::MAX);
+        let mut behind = open(dir.path(), "behind", usize::MAX);
+        for i in 1..=6u64 {
+            let e = entry(i, vec![Op::Create(cm(&format!("c{i}"), "x"))]);
+            if i <= 3 {
+                apply(&mut behind, e.clone()).await;
+            }
+            apply(&mut leader, e).await;
+        }
+        let all = revisions(&leader.reader(), 0).unwrap();
+        // Revision 1 also creates namespace `default`.
+        assert_eq!(all, [1, 1, 2, 3, 4, 5, 6]);
+
+        // Whole history fits: a fresh server gets all of it, one that is behind keeps its own.
+        let snap = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let mut fresh = open(dir.path(), "fresh", usize::MAX);
+        fresh
+            .install_snapshot(&snap.meta, snap.snapshot.clone())
+            .await
+            .unwrap();
+        assert_eq!(revisions(&fresh.reader(), 0).unwrap(), all);
+        behind
+            .install_snapshot(&snap.meta, snap.snapshot.clone())
+            .await
+            .unwrap();
+        assert_eq!(revisions(&behind.reader(), 0).unwrap(), all);
+
+        // A byte bound keeps whole revisions, newest first: here revisions 5 and 6.
+        let one = leader.reader().history_after(5, 10).unwrap().events[0].encoded_len();
+        let mut small = open(dir.path(), "small", one * 2 + one / 2);
+        for i in 1..=6u64 {
+            apply(
+                &mut small,
+                entry(i, vec![Op::Create(cm(&format!("c{i}"), "x"))]),
+            )
+            .await;
+        }
+        let snap = small
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let data = pb::SnapshotData::decode(snap.snapshot.as_slice()).unwrap();
+        assert_eq!(data.history_after, 4);
+        let mut fresh = open(dir.path(), "fresh2", usize::MAX);
+        fresh
+            .install_snapshot(&snap.meta, snap.snapshot.clone())
+            .await
+            .unwrap();
+        assert_eq!(revisions(&fresh.reader(), 4).unwrap(), [5, 6]);
+        assert!(matches!(
+            revisions(&fresh.reader(), 3),
+            Err(HistoryError::Compacted { oldest: 4, .. })
+        ));
+        // A receiver whose own history ends before the snapshot's starts keeps none of it.
+        let mut far = open(dir.path(), "far", usize::MAX);
+        apply(&mut far, entry(1, vec![Op::Create(cm("c1", "x"))])).await;
+        far.install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert!(matches!(
+            revisions(&far.reader(), 0),
+            Err(HistoryError::Compacted { oldest: 4, .. })
+        ));
+        assert_eq!(revisions(&far.reader(), 4).unwrap(), [5, 6]);
     }
 }

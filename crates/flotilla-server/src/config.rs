@@ -76,6 +76,9 @@ pub struct Limits {
     pub max_list_page: usize,
     /// Revisions of watch history kept for resuming watches.
     pub watch_history_revisions: u64,
+    /// Newest watch history carried in each snapshot (encoded bytes), so a server sent a
+    /// snapshot still serves watches resumed from before it.
+    pub snapshot_watch_history_bytes: usize,
     /// Events queued per watcher before the server falls back to reading history.
     pub watch_queue_len: usize,
     /// Applied entries buffered for all watchers together.
@@ -138,6 +141,7 @@ impl Default for Limits {
             max_inflight_proposals: 4,
             max_list_page: 5000,
             watch_history_revisions: 100_000,
+            snapshot_watch_history_bytes: 32 * 1024 * 1024,
             watch_queue_len: 1024,
             watch_broadcast_capacity: 4096,
             watch_progress_interval_ms: 5000,

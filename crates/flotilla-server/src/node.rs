@@ -209,6 +209,7 @@ pub async fn start(config: ServerConfig, data_dir: PathBuf) -> Result<ServerHand
         StateMachineConfig {
             history_revisions: config.limits.watch_history_revisions,
             broadcast_capacity: config.limits.watch_broadcast_capacity,
+            snapshot_history_max_bytes: config.limits.snapshot_watch_history_bytes,
         },
     )?;
     let reader = sm.reader();

@@ -4,26 +4,9 @@
 //!
 //! - `stale-read`: linearizable reads are served from local state, without a read index.
 //! - `drop-watch-event`: every watch stream silently skips its 50th event.
+//! - `ack-before-fsync`: the Raft log acknowledges appends without fsync (in flotilla-raft).
 
-/// Whether planted bug `name` is switched on in this process.
-#[cfg(feature = "planted-bugs")]
-pub fn active(name: &str) -> bool {
-    static BUG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let bug = BUG.get_or_init(|| {
-        let b = std::env::var("FLOTILLA_PLANTED_BUG").unwrap_or_default();
-        if !b.is_empty() {
-            tracing::warn!(bug = %b, "PLANTED BUG ACTIVE: this server is wrong on purpose");
-        }
-        b
-    });
-    bug == name
-}
-
-#[cfg(not(feature = "planted-bugs"))]
-#[inline(always)]
-pub fn active(_name: &str) -> bool {
-    false
-}
+pub use flotilla_raft::planted::active;
 
 /// The event a stream with `drop-watch-event` skips (1-based count of events sent).
 pub const DROPPED_WATCH_EVENT: u64 = 50;

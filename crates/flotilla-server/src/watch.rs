@@ -141,8 +141,14 @@ async fn run(node: &Node, filter: &Filter, start_revision: u64, tx: &Tx) -> Resu
                         continue;
                     }
                     if batch.reset {
-                        return Err(ApiError::new(ErrorCode::Compacted, format!(
-                            "this server's state was replaced by a snapshot at revision {}; list again and watch from its revision", batch.revision)));
+                        // Replaced by a snapshot: carry on from its history if that reaches
+                        // back to `last` (otherwise catch_up answers COMPACTED).
+                        last = match catch_up(node, filter, last, tx).await? {
+                            Ok(l) => l,
+                            Err(Closed) => return Ok(()),
+                        };
+                        sent_since_tick = true;
+                        continue;
                     }
                     for ev in &batch.events {
                         if filter.matches(ev) {

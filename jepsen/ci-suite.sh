@@ -23,10 +23,10 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 set -e
-# A second flotilla with the planted bugs compiled in, then the normal one again (cargo keeps
-# both builds, so the second step only relinks).
-cargo build -q -p flotilla --features planted-bugs
-cp target/debug/flotilla target/debug/flotilla-planted
+# A test build of flotilla (planted bugs, off unless switched on, and failpoints), then the
+# product build again (cargo keeps both, so the second step only relinks).
+cargo build -q -p flotilla --features planted-bugs,failpoints
+cp target/debug/flotilla target/debug/flotilla-test
 cargo build -q --workspace --bins
 set +e
 
@@ -58,20 +58,23 @@ run() {
 }
 
 run 0 register-3-nodes --workload register --nemesis kill,pause,partition,clock --time-limit 90 --seed 11
-run 0 set-3-nodes --workload set --nemesis kill,partition,loss,member,clock --time-limit 90 --seed 12
-run 0 watch-3-nodes --workload watch --nemesis kill,pause,partition,loss,member,clock --time-limit 90 --seed 13
+# The test build, for the failpoint nemesis (no planted bug switched on).
+run 0 set-3-nodes --workload set --nemesis kill,partition,loss,member,clock,failpoint --time-limit 90 --seed 12 \
+    --flotilla target/debug/flotilla-test
+run 0 watch-3-nodes --workload watch --nemesis kill,pause,partition,loss,member,clock,failpoint --time-limit 90 \
+    --seed 13 --flotilla target/debug/flotilla-test
 run 0 register-5-nodes --nodes 5 --workload register --nemesis partition,kill,pause,member --time-limit 60 --seed 14
 # Planted bugs: a harness that cannot catch these proves nothing.
 run 1 planted-stale-read --workload register --nemesis partition --time-limit 30 --seed 21 \
-    --flotilla target/debug/flotilla-planted --planted-bug stale-read
+    --flotilla target/debug/flotilla-test --planted-bug stale-read
 run 1 planted-drop-watch-event --workload watch --time-limit 20 --seed 22 \
-    --flotilla target/debug/flotilla-planted --planted-bug drop-watch-event
+    --flotilla target/debug/flotilla-test --planted-bug drop-watch-event
 # Log appends acknowledged without fsync: lost when every server is killed at once (seed 23's
 # kills include `all`); no snapshots, so no purge makes the log durable by the way.
 run 1 planted-ack-before-fsync --workload set --nemesis kill --time-limit 40 --seed 23 \
-    --snapshot-threshold 1000000 --flotilla target/debug/flotilla-planted --planted-bug ack-before-fsync
+    --snapshot-threshold 1000000 --flotilla target/debug/flotilla-test --planted-bug ack-before-fsync
 
-rm -f target/debug/flotilla-planted
+rm -f target/debug/flotilla-test
 if [ "$failed" != 0 ]; then
     echo "jepsen suite: FAILED" >&2
     exit 1

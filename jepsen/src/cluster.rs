@@ -8,10 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flotilla_api::pb::admin::cluster_service_client::ClusterServiceClient;
-use flotilla_api::pb::admin::{LocalStatusRequest, MemberStatus, Role};
+use flotilla_api::pb::admin::{LocalStatusRequest, MemberStatus, Role, SetFailpointRequest};
 use flotilla_client::{Client, ClientConfig, TlsFiles};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use tonic::transport::Channel;
 
 use crate::net::Net;
 use crate::HarnessError;
@@ -63,6 +64,8 @@ pub struct Db {
     pub ids: Vec<u64>,
     /// Servers the membership nemesis removed from the cluster (process stopped, data wiped).
     pub removed: BTreeSet<u64>,
+    /// Servers with a crash failpoint armed: their exit is the nemesis's, not a finding.
+    pub armed: BTreeSet<u64>,
     cluster_id: String,
     data_root: PathBuf,
     pub tls: TlsFiles,
@@ -113,6 +116,7 @@ impl Db {
         Ok(Db {
             ids: net.nodes.clone(),
             removed: BTreeSet::new(),
+            armed: BTreeSet::new(),
             cluster_id,
             data_root: data_root.to_path_buf(),
             tls,
@@ -238,10 +242,14 @@ impl Db {
             .collect()
     }
 
-    /// Servers that exited on their own (a crash is a finding, not a nemesis).
+    /// Servers that exited on their own (a crash is a finding, not a nemesis). A server with
+    /// an armed failpoint is left to the failpoint nemesis.
     pub fn crashed(&mut self) -> Vec<(u64, String)> {
         let mut out = Vec::new();
         for (id, s) in self.servers.iter_mut() {
+            if self.armed.contains(id) {
+                continue;
+            }
             if let Some(c) = &mut s.child {
                 if let Ok(Some(status)) = c.try_wait() {
                     out.push((*id, status.to_string()));
@@ -250,6 +258,14 @@ impl Db {
             }
         }
         out
+    }
+
+    /// Whether server `id` has exited (reaped here); its exit status if so.
+    pub fn exited(&mut self, id: u64) -> Option<String> {
+        let s = self.servers.get_mut(&id)?;
+        let status = s.child.as_mut()?.try_wait().ok()??;
+        s.child = None;
+        Some(status.to_string())
     }
 
     pub fn kill_all(&mut self) {
@@ -282,20 +298,24 @@ impl Db {
         Client::connect(cfg).await
     }
 
+    /// An admin connection to server `id` itself (never forwarded).
+    async fn admin_of(&self, id: u64) -> Result<ClusterServiceClient<Channel>, String> {
+        let addr = Db::api_addr(id);
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(|e| e.to_string())?
+            .tls_config(flotilla_client::client_tls(&self.tls))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_millis(500))
+            .connect()
+            .await
+            .map_err(|e| format!("n{id}: {e}"))?;
+        Ok(ClusterServiceClient::new(ch))
+    }
+
     /// Server `id`'s own view of itself, or None when it does not answer within a second.
     pub async fn local_status(&self, id: u64) -> Option<MemberStatus> {
-        let addr = Db::api_addr(id);
-        let tls = self.tls.clone();
         let fut = async move {
-            let ch = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
-                .ok()?
-                .tls_config(flotilla_client::client_tls(&tls))
-                .ok()?
-                .connect_timeout(Duration::from_millis(500))
-                .connect()
-                .await
-                .ok()?;
-            let mut c = ClusterServiceClient::new(ch);
+            let mut c = self.admin_of(id).await.ok()?;
             c.local_status(LocalStatusRequest {})
                 .await
                 .ok()
@@ -305,6 +325,23 @@ impl Db {
             .await
             .ok()
             .flatten()
+    }
+
+    /// Arm (`crash`) or disarm (`off`) a failpoint on server `id` (a `failpoints` build).
+    pub async fn set_failpoint(&self, id: u64, name: &str, action: &str) -> Result<(), String> {
+        let fut = async move {
+            let mut c = self.admin_of(id).await?;
+            c.set_failpoint(SetFailpointRequest {
+                name: name.to_string(),
+                action: action.to_string(),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| flotilla_api::ApiError::from_status(&e).to_string())
+        };
+        tokio::time::timeout(Duration::from_secs(5), fut)
+            .await
+            .map_err(|_| format!("n{id}: no answer within 5 s"))?
     }
 
     /// The running, unpaused server that calls itself leader with the highest term.

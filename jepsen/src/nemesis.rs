@@ -36,6 +36,11 @@ pub enum Nemesis {
     /// Membership: remove one server (two of five: 5 → 3) and wipe its data; when healing add
     /// it back empty as a learner, let it catch up (by snapshot) and promote it (3 → 5).
     Member,
+    /// Arm a crash failpoint on the leader or a random member: before or after the log's
+    /// fsync, before or after an apply's commit, while building or installing a snapshot; when
+    /// healing, restart it if it crashed there, or disarm it. Needs flotilla built with
+    /// `--features failpoints`; skipped, with the reason, otherwise.
+    Failpoint,
 }
 
 impl Nemesis {
@@ -48,6 +53,7 @@ impl Nemesis {
             Nemesis::Netem => "netem",
             Nemesis::Member => "member",
             Nemesis::Clock => "clock",
+            Nemesis::Failpoint => "failpoint",
         }
     }
 }
@@ -60,6 +66,8 @@ enum Active {
     Netem(Vec<u64>),
     Removed(Vec<u64>),
     Skewed(Vec<u64>),
+    /// A server with a crash failpoint armed, and the failpoint.
+    Armed(u64, &'static str),
 }
 
 pub struct Schedule {
@@ -291,6 +299,49 @@ async fn start(
             }
             Some(Active::Removed(removed))
         }
+        Nemesis::Failpoint => {
+            let mut g = db.lock().await;
+            let leader = if rng.random_bool(0.5) {
+                g.leader().await
+            } else {
+                None
+            };
+            let target = match leader {
+                Some(l) => l,
+                None => *g.ids.choose(rng).unwrap_or(&1),
+            };
+            let names = flotilla_raft::failpoints::NAMES;
+            let name = *names.choose(rng).unwrap_or(&names[0]);
+            // Armed before the call: the crash may come before the answer does.
+            g.armed.insert(target);
+            match g.set_failpoint(target, name, "crash").await {
+                Ok(()) => {
+                    rec.fault(
+                        n.name(),
+                        "start",
+                        vec![target],
+                        FaultStatus::Installed,
+                        format!("{name} armed: crash when reached"),
+                    );
+                    Some(Active::Armed(target, name))
+                }
+                Err(e) if e.contains("without failpoints") => {
+                    g.armed.remove(&target);
+                    rec.fault(n.name(), "start", vec![target], FaultStatus::Skipped, e);
+                    None
+                }
+                Err(e) => {
+                    rec.fault(
+                        n.name(),
+                        "start",
+                        vec![target],
+                        FaultStatus::Indeterminate,
+                        format!("{name}: {e}"),
+                    );
+                    Some(Active::Armed(target, name))
+                }
+            }
+        }
         Nemesis::Netem => {
             let delay = rng.random_range(20..=200);
             let mut done = Vec::new();
@@ -398,6 +449,29 @@ async fn heal(n: Nemesis, a: Active, db: &Mutex<Db>, net: &Net, rec: &Recorder) 
                     Err(e) => rec.fault(n.name(), "stop", vec![id], FaultStatus::Indeterminate, e),
                 }
             }
+        }
+        Active::Armed(id, name) => {
+            let mut g = db.lock().await;
+            let result = match g.exited(id) {
+                Some(status) => g
+                    .start(id)
+                    .map(|()| format!("{name} reached, n{id} crashed ({status}); restarted"))
+                    .map_err(|e| e.to_string()),
+                None => match g.set_failpoint(id, name, "off").await {
+                    Ok(()) => Ok(format!("{name} not reached; disarmed")),
+                    Err(e) => {
+                        // Whether it is still armed is unknown; a restart clears it.
+                        g.kill(id);
+                        g.start(id)
+                            .map(|()| format!("{name}: disarm failed ({e}); restarted"))
+                            .map_err(|e| e.to_string())
+                    }
+                },
+            };
+            g.armed.remove(&id);
+            let errors: Vec<String> = result.as_ref().err().cloned().into_iter().collect();
+            let what = result.unwrap_or_else(|_| format!("{name}: restart failed"));
+            healed(rec, n, vec![id], &errors, &what);
         }
         Active::Netem(ids) => {
             for id in &ids {

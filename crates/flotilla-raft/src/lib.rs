@@ -7,6 +7,7 @@
 //! API, and never acknowledge a write that is not durable.
 
 pub mod convert;
+pub mod failpoints;
 pub mod log_store;
 pub mod network;
 pub mod planted;

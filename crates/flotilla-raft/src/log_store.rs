@@ -251,11 +251,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 for (i, b) in &encoded {
                     t.insert(*i, b.as_slice()).map_err(|e| e.to_string())?;
                 }
+                crate::failpoints::point!("log-append-before-fsync");
                 Ok(())
             })
             .await;
         match res {
             Ok(()) => {
+                crate::failpoints::point!("log-append-after-fsync");
                 use std::sync::atomic::Ordering::Relaxed;
                 self.stats.flushes.fetch_add(1, Relaxed);
                 self.stats.entries.fetch_add(count, Relaxed);

@@ -321,7 +321,9 @@ impl StateMachine {
                 }
             }
         }
+        crate::failpoints::point!("apply-before-commit");
         txn.commit().map_err(|e| err(p, e))?;
+        crate::failpoints::point!("apply-after-commit");
         Ok(out)
     }
 
@@ -333,6 +335,7 @@ impl StateMachine {
         // the log behind a snapshot, and applied state is committed without fsync.
         let flush = inner.db.begin_write().map_err(|e| err(p, e))?;
         flush.commit().map_err(|e| err(p, e))?;
+        crate::failpoints::point!("snapshot-build");
         let meta_t = txn.open_table(META).map_err(|e| err(p, e))?;
         let last_applied = match meta_t.get(KEY_APPLIED).map_err(|e| err(p, e))? {
             Some(v) => Some(decode::<pb::LogId>(p, "last_applied", v.value())?),
@@ -475,6 +478,7 @@ impl StateMachine {
                 .map_err(|e| err(p, e))?;
         }
         txn.commit().map_err(|e| err(p, e))?;
+        crate::failpoints::point!("snapshot-install-before-file");
         Self::persist_snapshot(inner, meta, data)?;
         Ok(revision)
     }

@@ -10,7 +10,8 @@ use flotilla_api::pb::admin::cluster_service_client::ClusterServiceClient;
 use flotilla_api::pb::admin::cluster_service_server::ClusterService;
 use flotilla_api::pb::admin::{
     AddLearnerRequest, ClusterStatus, LocalStatusRequest, MemberStatus, MembershipResponse,
-    PromoteRequest, RemoveRequest, Role, SnapshotRequest, SnapshotResponse, StatusRequest,
+    PromoteRequest, RemoveRequest, Role, SetFailpointRequest, SetFailpointResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest,
 };
 use flotilla_api::pb::raft::RaftNode;
 use flotilla_api::{ApiError, ErrorCode};
@@ -357,6 +358,25 @@ impl ClusterService for ClusterApi {
             |mut c| async move { c.remove(fwd(RemoveRequest { id })).await },
         )
         .await
+    }
+
+    async fn set_failpoint(
+        &self,
+        request: Request<SetFailpointRequest>,
+    ) -> Result<Response<SetFailpointResponse>, Status> {
+        use flotilla_raft::failpoints::{self, FailpointError};
+        let r = request.into_inner();
+        failpoints::set(&r.name, &r.action).map_err(|e| {
+            let code = match e {
+                FailpointError::NotBuilt => ErrorCode::Forbidden,
+                FailpointError::Unknown { .. } | FailpointError::BadAction { .. } => {
+                    ErrorCode::InvalidArgument
+                }
+            };
+            ApiError::new(code, e.to_string()).to_status()
+        })?;
+        tracing::warn!(failpoint = %r.name, action = %r.action, "failpoint set");
+        Ok(Response::new(SetFailpointResponse {}))
     }
 
     async fn snapshot(

@@ -7,7 +7,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-for t in nft:nftables faketime:faketime; do
+for t in nft:nftables faketime:faketime fiu-ctrl:fiu-utils; do
     if ! command -v "${t%%:*}" >/dev/null 2>&1; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
             DEBIAN_FRONTEND=noninteractive apt-get install -y "${t#*:}" >/dev/null
@@ -59,10 +59,11 @@ run() {
 
 run 0 register-3-nodes --workload register --nemesis kill,pause,partition,clock --time-limit 90 --seed 11
 # The test build, for the failpoint nemesis (no planted bug switched on).
-run 0 set-3-nodes --workload set --nemesis kill,partition,loss,member,clock,failpoint --time-limit 90 --seed 12 \
+run 0 set-3-nodes --workload set --nemesis kill,partition,loss,member,clock,failpoint,fsync --time-limit 90 --seed 12 \
     --flotilla target/debug/flotilla-test
 run 0 watch-3-nodes --workload watch --nemesis kill,pause,partition,loss,member,clock,failpoint --time-limit 90 \
     --seed 13 --flotilla target/debug/flotilla-test
+run 0 fence-3-nodes --workload fence --nemesis pause,partition,kill,member,fsync --time-limit 60 --seed 15
 run 0 register-5-nodes --nodes 5 --workload register --nemesis partition,kill,pause,member --time-limit 60 --seed 14
 # Planted bugs: a harness that cannot catch these proves nothing.
 run 1 planted-stale-read --workload register --nemesis partition --time-limit 30 --seed 21 \
@@ -73,6 +74,9 @@ run 1 planted-drop-watch-event --workload watch --time-limit 20 --seed 22 \
 # kills include `all`); no snapshots, so no purge makes the log durable by the way.
 run 1 planted-ack-before-fsync --workload set --nemesis kill --time-limit 40 --seed 23 \
     --snapshot-threshold 1000000 --flotilla target/debug/flotilla-test --planted-bug ack-before-fsync
+# Fences dropped before proposing: a lease holder that stalled past its lease writes anyway.
+run 1 planted-skip-fencing --workload fence --time-limit 30 --seed 24 \
+    --flotilla target/debug/flotilla-test --planted-bug skip-fencing
 
 rm -f target/debug/flotilla-test
 if [ "$failed" != 0 ]; then

@@ -33,6 +33,18 @@ pub struct DbOpts {
     pub planted_bug: Option<String>,
     /// Start servers under libfaketime so the clock nemesis can skew their wall clocks.
     pub fake_clock: bool,
+    /// Start servers under libfiu so the fsync nemesis can make their fsyncs fail.
+    pub fsync_faults: bool,
+}
+
+/// Debian's libfiu preload libraries (`fiu-utils`): remote control, and the POSIX wrappers.
+pub fn libfiu() -> Option<[PathBuf; 2]> {
+    let dir = Path::new("/usr/lib/fiu");
+    let libs = [
+        dir.join("fiu_run_preload.so"),
+        dir.join("fiu_posix_preload.so"),
+    ];
+    (libs.iter().all(|l| l.exists()) && Path::new("/usr/bin/fiu-ctrl").exists()).then_some(libs)
 }
 
 /// Where Debian's `faketime` package puts the library, on any architecture.
@@ -136,6 +148,7 @@ impl Db {
     }
 
     pub fn start(&mut self, id: u64) -> Result<(), HarnessError> {
+        let fiu_prefix = self.fiu_prefix(id);
         let s = self
             .servers
             .get_mut(&id)
@@ -153,6 +166,13 @@ impl Db {
         if let Some(bug) = &self.opts.planted_bug {
             cmd.env("FLOTILLA_PLANTED_BUG", bug);
         }
+        // Preloads go through `env` to the server alone, not to `ip` on the way.
+        let mut preload: Vec<PathBuf> = Vec::new();
+        let mut env_args: Vec<String> = Vec::new();
+        if let (true, Some(libs)) = (self.opts.fsync_faults, libfiu()) {
+            preload.extend(libs);
+            env_args.push(format!("FIU_CTRL_FIFO={}", fiu_prefix.display()));
+        }
         if let (true, Some(lib)) = (self.opts.fake_clock, libfaketime()) {
             // The wall clock only: faking the monotonic clock hangs tokio. The offset file is
             // read again every second, so the nemesis changes the skew of a running server.
@@ -160,13 +180,19 @@ impl Db {
             if !file.exists() {
                 std::fs::write(&file, "+0").map_err(|e| HarnessError::io(&file, e))?;
             }
-            cmd.env("LD_PRELOAD", lib)
-                .env("FAKETIME_TIMESTAMP_FILE", &file)
+            preload.push(lib);
+            cmd.env("FAKETIME_TIMESTAMP_FILE", &file)
                 .env("FAKETIME_CACHE_DURATION", "1")
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         }
+        cmd.args(["netns", "exec", &self.ns[&id]]);
+        if !preload.is_empty() {
+            let libs: Vec<String> = preload.iter().map(|p| p.display().to_string()).collect();
+            cmd.arg("env")
+                .arg(format!("LD_PRELOAD={}", libs.join(" ")))
+                .args(&env_args);
+        }
         let child = cmd
-            .args(["netns", "exec", &self.ns[&id]])
             .arg(&self.bin)
             .args(["server", "--config"])
             .arg(&s.config)
@@ -258,6 +284,37 @@ impl Db {
             }
         }
         out
+    }
+
+    /// Where server `id`'s libfiu control pipes live (`<prefix>-<pid>.in|out`).
+    fn fiu_prefix(&self, id: u64) -> PathBuf {
+        self.data_root.join(format!("fiu-n{id}"))
+    }
+
+    /// Send a libfiu command (`enable name=posix/io/sync/*`) to running server `id`.
+    pub async fn fiu(&self, id: u64, command: &str) -> Result<(), String> {
+        let pid = self
+            .servers
+            .get(&id)
+            .and_then(|s| s.child.as_ref())
+            .map(|c| c.id().to_string())
+            .ok_or_else(|| format!("n{id} is not running"))?;
+        let prefix = self.fiu_prefix(id).display().to_string();
+        let command = command.to_string();
+        // fiu-ctrl waits for the answer on a pipe: bounded, as a stopped server never answers.
+        let out = tokio::task::spawn_blocking(move || {
+            crate::net::run(
+                "timeout",
+                &["5", "fiu-ctrl", "-f", &prefix, "-c", &command, &pid],
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        if out.contains("rror") {
+            return Err(format!("fiu-ctrl on n{id}: {}", out.trim()));
+        }
+        Ok(())
     }
 
     /// Whether server `id` has exited (reaped here); its exit status if so.

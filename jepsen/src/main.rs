@@ -9,6 +9,7 @@
 
 mod checker;
 mod cluster;
+mod fence;
 mod history;
 mod nemesis;
 mod net;
@@ -252,6 +253,7 @@ fn run(args: &TestArgs, out: &Path) -> Result<Verdict, HarnessError> {
             request_timeout: Duration::from_millis(args.request_timeout_ms),
             planted_bug: args.planted_bug.clone(),
             fake_clock: args.nemesis.contains(&Nemesis::Clock),
+            fsync_faults: args.nemesis.contains(&Nemesis::Fsync),
         },
     )?;
     // Every socket from here on is opened in the clients' namespace.

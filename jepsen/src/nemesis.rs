@@ -41,6 +41,10 @@ pub enum Nemesis {
     /// healing, restart it if it crashed there, or disarm it. Needs flotilla built with
     /// `--features failpoints`; skipped, with the reason, otherwise.
     Failpoint,
+    /// Make fsync and fdatasync fail (libfiu) on the leader or a random member; the server
+    /// must stop rather than go on; when healing, fsync works again and it is restarted.
+    /// Skipped, with the reason, where Debian's `fiu-utils` is not installed.
+    Fsync,
 }
 
 impl Nemesis {
@@ -54,6 +58,7 @@ impl Nemesis {
             Nemesis::Member => "member",
             Nemesis::Clock => "clock",
             Nemesis::Failpoint => "failpoint",
+            Nemesis::Fsync => "fsync",
         }
     }
 }
@@ -66,9 +71,20 @@ enum Active {
     Netem(Vec<u64>),
     Removed(Vec<u64>),
     Skewed(Vec<u64>),
-    /// A server with a crash failpoint armed, and the failpoint.
-    Armed(u64, &'static str),
+    /// A server armed to crash (its exit is the nemesis's, not a finding), and with what.
+    Armed(u64, Arming),
 }
+
+#[derive(Clone, Copy)]
+enum Arming {
+    /// A crash failpoint.
+    Failpoint(&'static str),
+    /// Failing fsyncs (libfiu).
+    Fsync,
+}
+
+/// libfiu's failure points for fsync and fdatasync.
+const FIU_SYNC: &str = "name=posix/io/sync/*";
 
 pub struct Schedule {
     pub nemeses: Vec<Nemesis>,
@@ -299,17 +315,41 @@ async fn start(
             }
             Some(Active::Removed(removed))
         }
+        Nemesis::Fsync => {
+            let mut g = db.lock().await;
+            let target = leader_or_random(&g, rng).await;
+            if crate::cluster::libfiu().is_none() {
+                rec.fault(
+                    n.name(),
+                    "start",
+                    vec![target],
+                    FaultStatus::Skipped,
+                    "libfiu is not installed (apt-get install -y fiu-utils)",
+                );
+                return None;
+            }
+            g.armed.insert(target);
+            match g.fiu(target, &format!("enable {FIU_SYNC}")).await {
+                Ok(()) => rec.fault(
+                    n.name(),
+                    "start",
+                    vec![target],
+                    FaultStatus::Installed,
+                    "fsync and fdatasync fail",
+                ),
+                Err(e) => rec.fault(
+                    n.name(),
+                    "start",
+                    vec![target],
+                    FaultStatus::Indeterminate,
+                    e,
+                ),
+            }
+            Some(Active::Armed(target, Arming::Fsync))
+        }
         Nemesis::Failpoint => {
             let mut g = db.lock().await;
-            let leader = if rng.random_bool(0.5) {
-                g.leader().await
-            } else {
-                None
-            };
-            let target = match leader {
-                Some(l) => l,
-                None => *g.ids.choose(rng).unwrap_or(&1),
-            };
+            let target = leader_or_random(&g, rng).await;
             let names = flotilla_raft::failpoints::NAMES;
             let name = *names.choose(rng).unwrap_or(&names[0]);
             // Armed before the call: the crash may come before the answer does.
@@ -323,7 +363,7 @@ async fn start(
                         FaultStatus::Installed,
                         format!("{name} armed: crash when reached"),
                     );
-                    Some(Active::Armed(target, name))
+                    Some(Active::Armed(target, Arming::Failpoint(name)))
                 }
                 Err(e) if e.contains("without failpoints") => {
                     g.armed.remove(&target);
@@ -338,7 +378,7 @@ async fn start(
                         FaultStatus::Indeterminate,
                         format!("{name}: {e}"),
                     );
-                    Some(Active::Armed(target, name))
+                    Some(Active::Armed(target, Arming::Failpoint(name)))
                 }
             }
         }
@@ -450,27 +490,50 @@ async fn heal(n: Nemesis, a: Active, db: &Mutex<Db>, net: &Net, rec: &Recorder) 
                 }
             }
         }
-        Active::Armed(id, name) => {
+        Active::Armed(id, arming) => {
             let mut g = db.lock().await;
-            let result = match g.exited(id) {
-                Some(status) => g
-                    .start(id)
-                    .map(|()| format!("{name} reached, n{id} crashed ({status}); restarted"))
-                    .map_err(|e| e.to_string()),
-                None => match g.set_failpoint(id, name, "off").await {
-                    Ok(()) => Ok(format!("{name} not reached; disarmed")),
-                    Err(e) => {
-                        // Whether it is still armed is unknown; a restart clears it.
-                        g.kill(id);
-                        g.start(id)
-                            .map(|()| format!("{name}: disarm failed ({e}); restarted"))
-                            .map_err(|e| e.to_string())
+            let what = match arming {
+                Arming::Failpoint(name) => name.to_string(),
+                Arming::Fsync => "failing fsync".to_string(),
+            };
+            // Disarm first: a server that has not stopped yet must not stop afterwards.
+            let disarmed = match arming {
+                Arming::Failpoint(name) => g.set_failpoint(id, name, "off").await,
+                Arming::Fsync => g.fiu(id, &format!("disable {FIU_SYNC}")).await,
+            };
+            let mut exited = g.exited(id);
+            if matches!(arming, Arming::Fsync) {
+                // A server whose fsync failed shuts down in an orderly way: give it time.
+                for _ in 0..100 {
+                    if exited.is_some() {
+                        break;
                     }
-                },
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    exited = g.exited(id);
+                }
+            }
+            let result = match (exited, disarmed) {
+                (Some(status), _) => g
+                    .start(id)
+                    .map(|()| format!("{what}: n{id} stopped ({status}); restarted"))
+                    .map_err(|e| e.to_string()),
+                (None, Ok(())) => Ok(match arming {
+                    Arming::Failpoint(_) => format!("{what}: not reached; disarmed"),
+                    Arming::Fsync => format!(
+                        "{what}: n{id} still running; fsync works again (it must have stopped if an fsync failed)"
+                    ),
+                }),
+                (None, Err(e)) => {
+                    // Whether it is still armed is unknown; a restart clears it.
+                    g.kill(id);
+                    g.start(id)
+                        .map(|()| format!("{what}: disarm failed ({e}); restarted"))
+                        .map_err(|e| e.to_string())
+                }
             };
             g.armed.remove(&id);
             let errors: Vec<String> = result.as_ref().err().cloned().into_iter().collect();
-            let what = result.unwrap_or_else(|_| format!("{name}: restart failed"));
+            let what = result.unwrap_or_else(|_| format!("{what}: restart failed"));
             healed(rec, n, vec![id], &errors, &what);
         }
         Active::Netem(ids) => {
@@ -493,6 +556,19 @@ async fn heal(n: Nemesis, a: Active, db: &Mutex<Db>, net: &Net, rec: &Recorder) 
                 );
             }
         }
+    }
+}
+
+/// The leader (half the time, when one answers) or a random server.
+async fn leader_or_random(g: &Db, rng: &mut StdRng) -> u64 {
+    let leader = if rng.random_bool(0.5) {
+        g.leader().await
+    } else {
+        None
+    };
+    match leader {
+        Some(l) => l,
+        None => *g.ids.choose(rng).unwrap_or(&1),
     }
 }
 

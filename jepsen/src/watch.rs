@@ -224,8 +224,20 @@ pub async fn read_history(
     from: u64,
     to: u64,
 ) -> Result<Vec<Ev>, String> {
+    let events = read_events(clients, server, request(from), to).await?;
+    Ok(events.iter().filter_map(to_ev).collect())
+}
+
+/// Every event `req` matches through revision `to`, read with a fresh watch from one server
+/// (bounded: 60 s). Err starting with `compacted` when the server's history starts later.
+pub async fn read_events(
+    clients: &Clients,
+    server: u64,
+    req: WatchRequest,
+    to: u64,
+) -> Result<Vec<WatchEvent>, String> {
     let mut c = clients.client(server).await.map_err(|e| e.to_string())?;
-    let mut s = match c.watch(request(from)).await {
+    let mut s = match c.watch(req).await {
         Ok(s) => s,
         // A server that restarted from, or was sent, a snapshot holds history only from it.
         Err(e) if e.code() == ErrorCode::Compacted => return Err(format!("{COMPACTED}: {e}")),
@@ -244,10 +256,11 @@ pub async fn read_history(
                 if ev.revision > to {
                     return Ok(out);
                 }
-                if let Some(e) = to_ev(&ev) {
-                    out.push(e);
+                let done = ev.revision == to && ev.r#type == EventType::Bookmark as i32;
+                if ev.r#type != EventType::Bookmark as i32 {
+                    out.push(ev);
                 }
-                if ev.revision == to && ev.r#type == EventType::Bookmark as i32 {
+                if done {
                     return Ok(out);
                 }
             }

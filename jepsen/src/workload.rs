@@ -18,8 +18,8 @@ use crate::cluster::Db;
 use crate::history::{Op, Outcome};
 use crate::HarnessError;
 
-const NAMESPACE: &str = "default";
-const LABEL: &str = "flotilla-jepsen";
+pub(crate) const NAMESPACE: &str = "default";
+pub(crate) const LABEL: &str = "flotilla-jepsen";
 /// The `result` of a compare-and-set whose first read failed: nothing was attempted.
 pub const CAS_NOT_ATTEMPTED: &str = "not-attempted";
 
@@ -32,6 +32,9 @@ pub enum Kind {
     /// Writes, batches and deletes on a few objects while watchers follow them, restarting and
     /// resuming across servers; their streams are checked against the committed history.
     Watch,
+    /// Clients contend for a Lease and write fenced with its epoch, some after stalling past
+    /// its duration; no write may apply at another epoch than the lease's.
+    Fence,
 }
 
 pub struct Workload {
@@ -41,6 +44,10 @@ pub struct Workload {
     next: AtomicU64,
     /// What each process last saw per key, to choose a plausible compare-and-set.
     seen: Mutex<BTreeMap<(u32, u64), u64>>,
+    /// The fencing workload's lease contenders.
+    fence: crate::fence::FenceState,
+    /// The revision after setup.
+    start_rev: AtomicU64,
 }
 
 /// An operation chosen but not yet run.
@@ -58,14 +65,14 @@ pub struct Done {
 }
 
 impl Done {
-    fn ok(result: Value) -> Done {
+    pub(crate) fn ok(result: Value) -> Done {
         Done {
             outcome: Outcome::Ok,
             result,
             error: String::new(),
         }
     }
-    fn fail(e: impl Into<String>) -> Done {
+    pub(crate) fn fail(e: impl Into<String>) -> Done {
         Done {
             outcome: Outcome::Fail,
             result: Value::Null,
@@ -80,7 +87,7 @@ impl Done {
         }
     }
     /// A write that returned an error: certain only when the server refused it on its merits.
-    fn write_error(e: &ApiError) -> Done {
+    pub(crate) fn write_error(e: &ApiError) -> Done {
         match e.code() {
             // NOT_LEADER: refused before it was proposed (the API's contract; a write applied
             // after this answer would show up as a read of a failed write).
@@ -102,6 +109,8 @@ impl Workload {
             keys: keys.max(1),
             next: AtomicU64::new(1),
             seen: Mutex::new(BTreeMap::new()),
+            fence: Default::default(),
+            start_rev: AtomicU64::new(0),
         }
     }
 
@@ -110,16 +119,24 @@ impl Workload {
             Kind::Register => format!("jepsen-reg-{key}"),
             Kind::Set => format!("jepsen-set-{key}"),
             Kind::Watch => format!("jepsen-watch-{key}"),
+            Kind::Fence => format!("jepsen-fence-{key}"),
         }
     }
 
     /// Create what the workload needs before the clock starts (registers at 0, the watched
     /// objects); returns the revision after setup.
     pub async fn setup(&self, db: &Db) -> Result<u64, HarnessError> {
+        let rev = self.setup_objects(db).await?;
+        self.start_rev.store(rev, Ordering::Relaxed);
+        Ok(rev)
+    }
+
+    async fn setup_objects(&self, db: &Db) -> Result<u64, HarnessError> {
         let role = match self.kind {
             Kind::Register => "register",
             Kind::Watch => "watch",
             Kind::Set => return Ok(0),
+            Kind::Fence => return self.setup_fence(db).await,
         };
         let mut c = db
             .any_client()
@@ -149,8 +166,31 @@ impl Workload {
         Ok(rev)
     }
 
+    async fn setup_fence(&self, db: &Db) -> Result<u64, HarnessError> {
+        let mut c = db
+            .any_client()
+            .await
+            .map_err(|e| HarnessError::Setup(format!("connect for setup: {e}")))?;
+        let mut attempts = 0;
+        while let Err(e) = crate::fence::FenceState::setup(&mut c).await {
+            attempts += 1;
+            if attempts > 50 {
+                return Err(HarnessError::Setup(format!("create the lease: {e}")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (_, rev) = c
+            .list("Lease", NAMESPACE, "", false)
+            .await
+            .map_err(|e| HarnessError::Setup(format!("list after setup: {e}")))?;
+        Ok(rev)
+    }
+
     pub fn plan(&self, process: u32, rng: &mut impl Rng) -> Planned {
         match self.kind {
+            Kind::Fence => self
+                .fence
+                .plan(process, self.next.fetch_add(1, Ordering::Relaxed), rng),
             Kind::Watch => {
                 let key = rng.random_range(0..self.keys);
                 match rng.random_range(0..20) {
@@ -223,6 +263,7 @@ impl Workload {
     pub async fn invoke(&self, client: &mut Client, process: u32, p: &Planned) -> Done {
         let name = self.key_name(p.key);
         match (self.kind, p.f) {
+            (Kind::Fence, _) => self.fence.invoke(client, process, p).await,
             (Kind::Set, _) => {
                 let e = p.key;
                 match client.create(configmap(&name, "set", e)).await {
@@ -362,6 +403,9 @@ impl Workload {
                 let reads = self.final_reads(db).await;
                 checker::check_set(ops, &reads)
             }
+            Kind::Fence => {
+                crate::fence::check(db, ops, self.start_rev.load(Ordering::Relaxed)).await
+            }
             // Checked in main: it needs the watchers' streams.
             Kind::Watch => Verdict {
                 valid: checker::Validity::Unknown,
@@ -437,6 +481,19 @@ async fn read(client: &mut Client, name: &str) -> Result<(u64, u64), String> {
 
 /// The ConfigMap that holds one register or one set element.
 fn configmap(name: &str, role: &str, value: u64) -> Object {
+    configmap_with(
+        name,
+        role,
+        [("value".to_string(), value.to_string())].into(),
+    )
+}
+
+/// A ConfigMap of the workloads (labelled with its role) holding `data`.
+pub(crate) fn configmap_with(
+    name: &str,
+    role: &str,
+    data: std::collections::BTreeMap<String, String>,
+) -> Object {
     Object {
         api_version: "v1".into(),
         kind: "ConfigMap".into(),
@@ -447,7 +504,7 @@ fn configmap(name: &str, role: &str, value: u64) -> Object {
             ..Default::default()
         }),
         body: Some(Body::ConfigMap(ConfigMap {
-            data: [("value".to_string(), value.to_string())].into(),
+            data: data.into_iter().collect(),
             ..Default::default()
         })),
     }

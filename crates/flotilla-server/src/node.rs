@@ -181,6 +181,20 @@ impl ServerHandle {
     pub async fn stopped(&self) {
         self.node.shutdown.cancelled().await
     }
+
+    /// Resolves, with the error, when Raft stops on a fatal error (a failed log write or
+    /// fsync). Such a server cannot go on: its disk may not hold what it acknowledged.
+    pub async fn raft_failed(&self) -> String {
+        let mut rx = self.node.raft.metrics();
+        loop {
+            if let Err(e) = &rx.borrow_watched().running_state {
+                return e.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "Raft stopped".to_string();
+            }
+        }
+    }
 }
 
 async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, StartError> {

@@ -5,6 +5,8 @@
 //! - `stale-read`: linearizable reads are served from local state, without a read index.
 //! - `drop-watch-event`: every watch stream silently skips its 50th event.
 //! - `ack-before-fsync`: the Raft log acknowledges appends without fsync (in flotilla-raft).
+//! - `skip-fencing`: writes through the API lose their fence before they are proposed, so a
+//!   deposed lease holder's writes apply.
 
 pub use flotilla_raft::planted::active;
 

@@ -178,6 +178,14 @@ pub async fn server(config: &Path, data_dir: Option<&Path>) -> anyhow::Result<()
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
         _ = term.recv() => tracing::info!("terminated; shutting down"),
         _ = handle.stopped() => tracing::error!("a listener failed; shutting down"),
+        e = handle.raft_failed() => {
+            // As etcd does on a failed fsync: stop rather than serve from a disk that may not
+            // hold what was acknowledged; a supervisor restarts the server, which recovers
+            // from what is durable.
+            tracing::error!(error = %e, "Raft stopped on a fatal error; shutting down");
+            handle.shutdown().await;
+            anyhow::bail!("Raft stopped on a fatal error (a failed disk write or fsync?): {e}");
+        }
     }
     handle.shutdown().await;
     Ok(())

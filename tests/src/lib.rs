@@ -76,6 +76,8 @@ pub struct Server {
     pub config: PathBuf,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// Extra environment for the server process (e.g. a fault-injection preload).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     starts: u32,
 }
@@ -139,6 +141,7 @@ impl Cluster {
             config: root.join(format!("server-{id}.toml")),
             data_dir: root.join(format!("data-{id}")),
             log: root.join(format!("server-{id}.log")),
+            env: Vec::new(),
             child: None,
             starts: 0,
         };
@@ -191,6 +194,7 @@ impl Cluster {
         let child = Command::new(bin)
             .args(["server", "--config"])
             .arg(&s.config)
+            .envs(s.env.iter().map(|(k, v)| (k, v)))
             .env("FLOTILLA_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
@@ -199,6 +203,22 @@ impl Cluster {
             .expect("spawn flotilla server");
         s.child = Some(child);
         s.starts += 1;
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.servers
+            .get(&id)
+            .and_then(|s| s.child.as_ref())
+            .map(|c| c.id())
+    }
+
+    /// Whether the server exited on its own (reaped here): its exit status.
+    pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let s = self.servers.get_mut(&id)?;
+        let st = s.child.as_mut()?.try_wait().ok()??;
+        s.child = None;
+        Some(st)
     }
 
     /// SIGKILL: no shutdown path runs.

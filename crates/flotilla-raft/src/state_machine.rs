@@ -399,9 +399,33 @@ impl StateMachine {
         Ok(())
     }
 
-    fn install_blocking(inner: &Inner, meta: &SnapshotMeta, data: &[u8]) -> io::Result<u64> {
+    /// Make `data` the current snapshot (in memory and on disk) unless a newer one already is.
+    /// A build runs beside the state machine's worker, so it can finish after an install of a
+    /// newer snapshot: one lock keeps the file writes apart (they share the temporary file)
+    /// and the current snapshot from going back.
+    fn keep_current(inner: &Inner, meta: &SnapshotMeta, data: &Arc<Vec<u8>>) -> io::Result<bool> {
+        let mut current = inner
+            .current_snapshot
+            .lock()
+            .map_err(|_| io::Error::other("snapshot lock poisoned"))?;
+        if current
+            .as_ref()
+            .is_some_and(|(m, _)| m.last_log_id > meta.last_log_id)
+        {
+            return Ok(false);
+        }
+        Self::persist_snapshot(inner, meta, data)?;
+        *current = Some((meta.clone(), data.clone()));
+        Ok(true)
+    }
+
+    fn install_blocking(
+        inner: &Inner,
+        meta: &SnapshotMeta,
+        data: &Arc<Vec<u8>>,
+    ) -> io::Result<u64> {
         let p = inner.path.as_path();
-        let snap: pb::SnapshotData = decode(p, "snapshot", data)?;
+        let snap: pb::SnapshotData = decode(p, "snapshot", data.as_slice())?;
         let revision = meta.last_log_id.map(|l| l.index).unwrap_or(0);
         // A snapshot without history (or from before snapshots carried it) holds none.
         let history_after = if snap.history.is_empty() {
@@ -479,7 +503,7 @@ impl StateMachine {
         }
         txn.commit().map_err(|e| err(p, e))?;
         crate::failpoints::point!("snapshot-install-before-file");
-        Self::persist_snapshot(inner, meta, data)?;
+        Self::keep_current(inner, meta, data)?;
         Ok(revision)
     }
 }
@@ -548,10 +572,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let inner = self.inner.clone();
         blocking(move || {
             let snap = Self::build_snapshot_blocking(&inner)?;
-            Self::persist_snapshot(&inner, &snap.meta, &snap.snapshot)?;
             let data = Arc::new(snap.snapshot.clone());
-            *inner.current_snapshot.lock().map_err(|_| io::Error::other("snapshot lock poisoned"))? = Some((snap.meta.clone(), data));
-            tracing::info!(last = ?snap.meta.last_log_id, bytes = snap.snapshot.len(), "built snapshot");
+            let kept = Self::keep_current(&inner, &snap.meta, &data)?;
+            tracing::info!(last = ?snap.meta.last_log_id, bytes = snap.snapshot.len(), kept, "built snapshot");
             Ok(snap)
         })
         .await
@@ -611,13 +634,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let inner = self.inner.clone();
         let m = meta.clone();
         let data = Arc::new(snapshot);
-        let d = data.clone();
-        let revision = blocking(move || Self::install_blocking(&inner, &m, &d)).await?;
-        *self
-            .inner
-            .current_snapshot
-            .lock()
-            .map_err(|_| io::Error::other("snapshot lock poisoned"))? = Some((meta.clone(), data));
+        let revision = blocking(move || Self::install_blocking(&inner, &m, &data)).await?;
         self.inner
             .snapshots_installed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1035,5 +1052,51 @@ mod tests {
             Err(HistoryError::Compacted { oldest: 4, .. })
         ));
         assert_eq!(revisions(&far.reader(), 4).unwrap(), [5, 6]);
+    }
+
+    /// Found by jepsen/ (watch, failpoint nemesis): a snapshot build (it runs beside the state
+    /// machine's worker) and the install of a newer snapshot from the leader wrote the snapshot
+    /// file at the same time through one temporary file; the loser's rename failed, which is
+    /// fatal to Raft. Both must succeed, and the newer snapshot must stay current.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_build_beside_an_install_neither_fails_nor_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = |from: usize, n: usize| {
+            (from..from + n)
+                .map(|i| Op::Create(cm(&format!("c{i}"), &"x".repeat(64))))
+                .collect::<Vec<_>>()
+        };
+        let mut leader = open(dir.path(), "leader", usize::MAX);
+        apply(&mut leader, entry(1, objects(0, 1500))).await;
+        apply(&mut leader, entry(2, objects(1500, 1500))).await;
+        let newer = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        for round in 0..12 {
+            let mut follower = open(dir.path(), &format!("f{round}"), usize::MAX);
+            apply(&mut follower, entry(1, objects(0, 1500))).await;
+            let mut builder = follower.get_snapshot_builder().await;
+            let (built, installed) = tokio::join!(
+                builder.build_snapshot(),
+                follower.install_snapshot(&newer.meta, newer.snapshot.clone())
+            );
+            built.unwrap();
+            installed.unwrap();
+            let current = follower.get_current_snapshot().await.unwrap().unwrap();
+            assert_eq!(
+                current.meta.last_log_id, newer.meta.last_log_id,
+                "round {round}"
+            );
+            let on_disk = pb::StoredSnapshot::decode(
+                std::fs::read(dir.path().join(format!("f{round}.pb")))
+                    .unwrap()
+                    .as_slice(),
+            )
+            .unwrap();
+            assert_eq!(on_disk.data, newer.snapshot, "round {round}");
+        }
     }
 }

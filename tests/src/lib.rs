@@ -90,13 +90,35 @@ pub struct Cluster {
 }
 
 fn free_ports(n: usize) -> Vec<u16> {
-    // Hold every listener until all ports are chosen, so none is handed out twice.
-    let ls: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    ls.iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
+    // Below the kernel's ephemeral range (32768 and up by default): a port taken with bind(0)
+    // there can be handed to some outgoing connection as its source port between the choice
+    // and the server's bind ("Address already in use" in CI). Ports here are only ever taken
+    // by a bind that names them. Spread by process, unique within it, checked free (TCP for
+    // the API and Raft, UDP for QUIC on the API port).
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..SPAN {
+        if out.len() == n {
+            break;
+        }
+        let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let port = (FIRST + (start + i) % SPAN) as u16;
+        let free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            out.push(port);
+        }
+    }
+    assert_eq!(
+        out.len(),
+        n,
+        "no {n} free ports in {FIRST}..{}",
+        FIRST + SPAN
+    );
+    out
 }
 
 impl Cluster {

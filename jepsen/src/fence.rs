@@ -146,16 +146,8 @@ impl FenceState {
                 else {
                     return Done::fail("not holding the lease");
                 };
-                match client
-                    .update(lease_object(&me(process), epoch as i32, version))
-                    .await
-                {
-                    Ok(o) => {
-                        if let Ok(mut h) = self.holding.lock() {
-                            h.insert(process, (epoch, rv(&o)));
-                        }
-                        Done::ok(json!({ "epoch": epoch, "revision": rv(&o) }))
-                    }
+                match self.hold(client, process, epoch, version).await {
+                    Ok(done) => done,
                     Err(e) => {
                         // CONFLICT: someone took it; anything else: unknown, so stop holding.
                         self.drop_holding(process);
@@ -238,19 +230,27 @@ impl FenceState {
         if !holder.is_empty() && !expired {
             return Done::fail(format!("held by {holder} at epoch {epoch}"));
         }
-        let next = epoch + 1;
-        match client
-            .update(lease_object(&me(process), next as i32, version))
+        self.hold(client, process, epoch + 1, version)
             .await
-        {
-            Ok(o) => {
-                if let Ok(mut h) = self.holding.lock() {
-                    h.insert(process, (next, rv(&o)));
-                }
-                Done::ok(json!({ "epoch": next, "revision": rv(&o) }))
-            }
-            Err(e) => Done::write_error(&e),
+            .unwrap_or_else(|e| Done::write_error(&e))
+    }
+
+    /// Write the lease as held by `process` at `epoch` (precondition: resourceVersion
+    /// `version`) and, once acknowledged, remember it as held.
+    async fn hold(
+        &self,
+        client: &mut Client,
+        process: u32,
+        epoch: i64,
+        version: u64,
+    ) -> Result<Done, flotilla_api::ApiError> {
+        let o = client
+            .update(lease_object(&me(process), epoch as i32, version))
+            .await?;
+        if let Ok(mut h) = self.holding.lock() {
+            h.insert(process, (epoch, rv(&o)));
         }
+        Ok(Done::ok(json!({ "epoch": epoch, "revision": rv(&o) })))
     }
 }
 

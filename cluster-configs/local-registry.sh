@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Local OCI registry with reproducible test images, for exercising image pulls without network.
 #
-#   local-registry.sh start [--port PORT] [--dir DIR]   (defaults: 5000, ./data/registry)
+#   local-registry.sh start [--port PORT] [--dir DIR] [--host ADDR]
+#                                  (defaults: 5000, ./data/registry, 127.0.0.1)
 #   local-registry.sh stop  [--dir DIR]
 #
-# `start` runs Debian's docker-registry (distribution 2.8) on 127.0.0.1:PORT and pushes:
+# `start` runs Debian's docker-registry (distribution 2.8) on HOST:PORT (default 127.0.0.1) and
+# pushes:
 #   busybox:test, busybox:<busybox version>, busybox:latest
 #                                 one gzip layer: static busybox + applet symlinks + minimal /etc
 #                                 (`test` is the fixed tag tests and examples use)
@@ -19,7 +21,7 @@ die() { echo "local-registry: $*" >&2; exit 1; }
 
 usage() {
     cat >&2 <<'EOF'
-usage: local-registry.sh start [--port PORT] [--dir DIR]
+usage: local-registry.sh start [--port PORT] [--dir DIR] [--host ADDR]
        local-registry.sh stop [--dir DIR]
 EOF
     exit 2
@@ -28,6 +30,7 @@ EOF
 cmd="${1:-}"
 if [ $# -gt 0 ]; then shift; fi
 port=5000
+host=127.0.0.1
 dir=./data/registry
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -35,6 +38,8 @@ while [ $# -gt 0 ]; do
         --port=*) port="${1#*=}"; shift ;;
         --dir) [ $# -ge 2 ] || usage; dir="$2"; shift 2 ;;
         --dir=*) dir="${1#*=}"; shift ;;
+        --host) [ $# -ge 2 ] || usage; host="$2"; shift 2 ;;
+        --host=*) host="${1#*=}"; shift ;;
         *) usage ;;
     esac
 done
@@ -149,7 +154,7 @@ dir="$(cd "$dir" && pwd)" # absolute: the registry config and skopeo references 
 pidfile="$dir/registry.pid"
 log="$dir/registry.log"
 cfg="$dir/config.yml"
-base="http://127.0.0.1:$port"
+base="http://$host:$port"
 
 answering() { curl -fsS -o /dev/null --max-time 1 "$base/v2/" 2>/dev/null; }
 
@@ -174,11 +179,11 @@ wait_ready() {
 
 if pid="$(registry_pid)"; then
     running_addr="$(sed -n 's/^[[:space:]]*addr:[[:space:]]*//p' "$cfg" 2>/dev/null | head -n 1)"
-    if [ "$running_addr" != "127.0.0.1:$port" ]; then
-        die "the registry from $dir (pid $pid) listens on ${running_addr:-unknown address}, not 127.0.0.1:$port; run '$0 stop --dir $dir' first"
+    if [ "$running_addr" != "$host:$port" ]; then
+        die "the registry from $dir (pid $pid) listens on ${running_addr:-unknown address}, not $host:$port; run '$0 stop --dir $dir' first"
     fi
     wait_ready "$pid" || die "the registry from $dir (pid $pid) is running but not answering"
-    echo "reusing registry pid $pid at 127.0.0.1:$port (dir $dir)"
+    echo "reusing registry pid $pid at $host:$port (dir $dir)"
 else
     rm -f "$pidfile"
     # Refuse to start if something else owns the port: our readiness probe would succeed
@@ -200,7 +205,7 @@ storage:
   delete:
     enabled: true
 http:
-  addr: 127.0.0.1:$port
+  addr: $host:$port
 EOF
     # setsid + nohup: the registry must outlive this script and its terminal. Without job
     # control the background child is not a process-group leader, so setsid execs in place
@@ -213,7 +218,7 @@ EOF
         rm -f "$pidfile"
         die "registry failed to start"
     fi
-    echo "started registry pid $pid at 127.0.0.1:$port (dir $dir, log $log)"
+    echo "started registry pid $pid at $host:$port (dir $dir, log $log)"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -338,14 +343,14 @@ push() {
     local ref="$1" repo="$2" tag="$3" want="${manifest_digests[$1]}" got
     skopeo copy -q "${preserve[@]}" --dest-tls-verify=false \
         --digestfile "$build/digest" \
-        "oci:$layout:$ref" "docker://127.0.0.1:$port/$repo:$tag" ||
+        "oci:$layout:$ref" "docker://$host:$port/$repo:$tag" ||
         die "skopeo failed to push $repo:$tag"
     # Compare the bytes the registry serves with what we built: proves no re-encoding.
     got="sha256:$(curl -fsS -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
         "$base/v2/$repo/manifests/$tag" | sha256sum | cut -d' ' -f1)"
     [ "$got" = "$want" ] ||
         die "registry serves $repo:$tag as $got, expected $want (skopeo digest file: $(cat "$build/digest"))"
-    pushed+=("pushed 127.0.0.1:$port/$repo:$tag $got")
+    pushed+=("pushed $host:$port/$repo:$tag $got")
 }
 
 # sed reads all of busybox's help: closing the pipe early (head) would SIGPIPE busybox and,

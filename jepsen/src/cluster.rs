@@ -35,6 +35,8 @@ pub struct DbOpts {
     pub fake_clock: bool,
     /// Start servers under libfiu so the fsync nemesis can make their fsyncs fail.
     pub fsync_faults: bool,
+    /// More `[limits]` lines for the servers' config (`name = value`).
+    pub extra_limits: Vec<String>,
 }
 
 /// Debian's libfiu preload libraries (`fiu-utils`): remote control, and the POSIX wrappers.
@@ -205,6 +207,34 @@ impl Db {
         s.child = Some(child);
         s.paused = false;
         Ok(())
+    }
+
+    /// A join token for agents, made with `flotilla token create` and the admin config a server
+    /// wrote into its data directory (run in the clients' namespace, where the servers are
+    /// reachable).
+    pub fn join_token(&self, net: &Net) -> Result<String, HarnessError> {
+        let conf = self
+            .ids
+            .iter()
+            .map(|id| self.data_root.join(format!("n{id}/admin.conf")))
+            .find(|p| p.exists())
+            .ok_or_else(|| HarnessError::Setup("no server wrote an admin.conf".into()))?;
+        let out = crate::net::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &net.client_ns(),
+                &self.bin.display().to_string(),
+                "--config",
+                &conf.display().to_string(),
+                "token",
+                "create",
+                "--ttl",
+                "0",
+            ],
+        )?;
+        Ok(out.trim().to_string())
     }
 
     pub fn start_all(&mut self) -> Result<(), HarnessError> {
@@ -580,6 +610,10 @@ fn server_config(id: u64, all: &[u64], cluster_id: &str, data_root: &Path, o: &D
     ));
     // Frequent bookmarks, so the watch checker sees progress events.
     t.push_str("\n[limits]\nwatch_progress_interval_ms = 1000\n");
+    for l in &o.extra_limits {
+        t.push_str(l);
+        t.push('\n');
+    }
     t
 }
 

@@ -7,6 +7,7 @@
 //!
 //! Exit codes: 0 valid, 1 invalid, 2 unknown (a checker gave up), 3 harness failure.
 
+mod agents;
 mod checker;
 mod cluster;
 mod fence;
@@ -14,6 +15,7 @@ mod history;
 mod nemesis;
 mod net;
 mod report;
+mod schedule;
 mod stop;
 mod watch;
 mod workload;
@@ -96,9 +98,13 @@ struct TestArgs {
     time_limit: u64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Operations per second across all clients (a target, not a promise).
-    #[arg(long, default_value_t = 100.0)]
-    rate: f64,
+    /// Operations per second across all clients (a target, not a promise); default 100, and
+    /// 0.5 for the schedule workload (each operation rescales a Deployment).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Agents (worker nodes running pods with runc) for the schedule workload.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    agents: u64,
     /// Concurrent clients; default two per server.
     #[arg(long)]
     concurrency: Option<usize>,
@@ -237,12 +243,38 @@ fn run(args: &TestArgs, out: &Path) -> Result<Verdict, HarnessError> {
     std::fs::create_dir_all(out).map_err(|e| HarnessError::io(out, e))?;
     let bin = flotilla_bin(args)?;
     let ids: Vec<u64> = (1..=args.nodes).collect();
+    let scheduling = args.workload == Kind::Schedule;
     Net::remove_stale();
-    let net = Arc::new(Net::create(&net::run_prefix(), &ids)?);
+    let net = Arc::new(Net::create(
+        &net::run_prefix(),
+        &ids,
+        if scheduling { args.agents } else { 0 },
+    )?);
     let data = tempfile::Builder::new()
         .prefix("flotilla-jepsen-")
         .tempdir()
         .map_err(|e| HarnessError::Setup(format!("temporary data dir: {e}")))?;
+    let registry = if scheduling {
+        Some(agents::Registry::start(
+            &net,
+            &data.path().join("registry"),
+        )?)
+    } else {
+        None
+    };
+    // Faster role failover (3 s leases) and heartbeats, so the scheduler and controllers move
+    // between servers several times in a run.
+    let extra_limits = if scheduling {
+        [
+            "heartbeat_period_ms = 1000",
+            "role_lease_duration_ms = 3000",
+            "role_retry_ms = 500",
+        ]
+        .map(String::from)
+        .to_vec()
+    } else {
+        Vec::new()
+    };
     let db = Db::new(
         &net,
         &bin,
@@ -254,8 +286,17 @@ fn run(args: &TestArgs, out: &Path) -> Result<Verdict, HarnessError> {
             planted_bug: args.planted_bug.clone(),
             fake_clock: args.nemesis.contains(&Nemesis::Clock),
             fsync_faults: args.nemesis.contains(&Nemesis::Fsync),
+            extra_limits,
         },
     )?;
+    let agents = scheduling.then(|| {
+        Arc::new(tokio::sync::Mutex::new(agents::Agents::new(
+            &net,
+            &bin,
+            out,
+            data.path(),
+        )))
+    });
     // Every socket from here on is opened in the clients' namespace.
     net.enter_client_ns()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -264,10 +305,23 @@ fn run(args: &TestArgs, out: &Path) -> Result<Verdict, HarnessError> {
         .build()
         .map_err(|e| HarnessError::Setup(format!("tokio runtime: {e}")))?;
     let db = Arc::new(tokio::sync::Mutex::new(db));
-    let result = rt.block_on(run_async(args, out, db.clone(), net.clone()));
-    // Reverse of start-up: servers, then the network (Net's Drop), then the data.
-    rt.block_on(async { db.lock().await.kill_all() });
+    let result = rt.block_on(run_async(
+        args,
+        out,
+        db.clone(),
+        net.clone(),
+        agents.clone(),
+    ));
+    // Reverse of start-up: agents and their containers, servers, the registry, then the
+    // network (Net's Drop), then the data.
+    rt.block_on(async {
+        if let Some(a) = &agents {
+            a.lock().await.cleanup();
+        }
+        db.lock().await.kill_all()
+    });
     drop(rt);
+    drop(registry);
     result
 }
 
@@ -276,6 +330,7 @@ async fn run_async(
     out: &Path,
     db: Arc<tokio::sync::Mutex<Db>>,
     net: Arc<Net>,
+    agents: Option<Arc<tokio::sync::Mutex<agents::Agents>>>,
 ) -> Result<Verdict, HarnessError> {
     let rec = Recorder::new();
     db.lock().await.start_all()?;
@@ -283,6 +338,15 @@ async fn run_async(
         .await
         .wait_converged(Duration::from_secs(60))
         .await?;
+    if let Some(a) = &agents {
+        let (token, join) = {
+            let g = db.lock().await;
+            (g.join_token(&net)?, g.api_addrs().join(","))
+        };
+        a.lock().await.start_all(&join, &token)?;
+        let want = a.lock().await.ids().len();
+        wait_nodes_ready(&*db.lock().await, want).await?;
+    }
     let workload = Arc::new(Workload::new(args.workload, args.keys));
     let start_rev = workload.setup(&*db.lock().await).await?;
 
@@ -318,8 +382,22 @@ async fn run_async(
             )));
         }
     }
-    let concurrency = args.concurrency.unwrap_or(2 * ids_len(args)).max(1);
-    let interval = Duration::from_secs_f64(concurrency as f64 / args.rate.max(0.1));
+    let sampler = agents
+        .clone()
+        .map(|a| tokio::spawn(schedule::sample(a, stop.clone())));
+    let default_concurrency = if args.workload == Kind::Schedule {
+        2
+    } else {
+        2 * ids_len(args)
+    };
+    let concurrency = args.concurrency.unwrap_or(default_concurrency).max(1);
+    let default_rate = if args.workload == Kind::Schedule {
+        0.5
+    } else {
+        100.0
+    };
+    let rate = args.rate.unwrap_or(default_rate);
+    let interval = Duration::from_secs_f64(concurrency as f64 / rate.max(0.01));
     let mut tasks = Vec::new();
     for w in 0..concurrency {
         let node = (w as u64 % args.nodes) + 1;
@@ -350,14 +428,30 @@ async fn run_async(
         StdRng::seed_from_u64(args.seed),
         stop.clone(),
     ));
-    // Servers that exit on their own are a finding: record them and start them again.
+    // Servers and agents that exit on their own are a finding: record them and start them
+    // again.
     let watchdog = {
         let db = db.clone();
         let rec = rec.clone();
         let stop = stop.clone();
+        let agents = agents.clone();
         tokio::spawn(async move {
             let mut exits = Vec::new();
             loop {
+                if let Some(a) = &agents {
+                    let mut g = a.lock().await;
+                    for (k, status) in g.exited() {
+                        rec.fault(
+                            "crash",
+                            "start",
+                            vec![k],
+                            history::FaultStatus::Installed,
+                            format!("agent a{k} exited on its own: {status}"),
+                        );
+                        exits.push((100 + k, format!("agent a{k}: {status}")));
+                        let _ = g.start(k);
+                    }
+                }
                 let crashed = db.lock().await.crashed();
                 for (id, status) in crashed {
                     rec.fault(
@@ -394,7 +488,15 @@ async fn run_async(
     let mut verdict = {
         let g = db.lock().await;
         let recorded = rec.take();
-        let v = if args.workload == Kind::Watch {
+        let v = if let (Some(a), Some(s)) = (&agents, sampler) {
+            let samples = s.await.unwrap_or_default();
+            let nodes = workload
+                .initial_nodes
+                .lock()
+                .map(|n| n.clone())
+                .unwrap_or_default();
+            schedule::check(&g, &clients, a, samples, start_rev, nodes).await
+        } else if args.workload == Kind::Watch {
             check_watch(
                 &g,
                 &clients,
@@ -498,6 +600,42 @@ async fn check_watch(
     let text = serde_json::to_string(&logs).unwrap_or_default();
     std::fs::write(&path, text).map_err(|e| HarnessError::io(&path, e))?;
     Ok(watch::check(&reference, &logs, ops, final_rev))
+}
+
+/// Wait until `want` Nodes report Ready (the agents have joined).
+async fn wait_nodes_ready(db: &Db, want: usize) -> Result<(), HarnessError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline {
+        match db.any_client().await {
+            Ok(mut c) => match c.list("Node", "", "", false).await {
+                Ok((nodes, _)) => {
+                    let ready = nodes.iter().filter(|n| node_ready(n)).count();
+                    if ready >= want {
+                        return Ok(());
+                    }
+                    last = format!("{ready} of {want} nodes Ready");
+                }
+                Err(e) => last = e.to_string(),
+            },
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(HarnessError::Setup(format!(
+        "the agents did not join within 120 s: {last} (see a<k>/agent.log)"
+    )))
+}
+
+fn node_ready(o: &flotilla_api::pb::api::Object) -> bool {
+    match &o.body {
+        Some(flotilla_api::pb::api::object::Body::Node(n)) => n.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.r#type == "Ready" && c.status == "True")
+        }),
+        _ => false,
+    }
 }
 
 fn ids_len(args: &TestArgs) -> usize {

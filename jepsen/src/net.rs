@@ -39,8 +39,13 @@ fn ip(args: &[&str]) -> Result<String, HarnessError> {
 pub struct Net {
     pub prefix: String,
     pub nodes: Vec<u64>,
+    /// Agents (the scheduling workload's worker nodes), numbered from 1.
+    pub agents: Vec<u64>,
     created: Vec<String>,
 }
+
+/// Agents' addresses start here (agent 1 is `10.77.0.101`).
+const AGENT_HOST_BASE: u8 = 100;
 
 impl Net {
     /// Namespace holding server `id`.
@@ -52,13 +57,32 @@ impl Net {
         format!("{}-c", self.prefix)
     }
 
+    /// Namespace holding agent `k`.
+    pub fn agent_ns(&self, k: u64) -> String {
+        format!("{}-a{k}", self.prefix)
+    }
+
+    pub fn agent_ip(k: u64) -> String {
+        format!("{SUBNET}.{}", u64::from(AGENT_HOST_BASE) + k)
+    }
+
+    /// The clients' address, where the harness also serves the agents' image registry.
+    pub fn client_ip() -> String {
+        format!("{SUBNET}.{CLIENT_HOST}")
+    }
+
     pub fn node_ip(id: u64) -> String {
         format!("{SUBNET}.{id}")
     }
 
-    /// Create the bridge, one namespace per node and one for the clients. On error what was
-    /// made so far is removed when the returned error drops the half-built `Net`.
-    pub fn create(prefix: &str, nodes: &[u64]) -> Result<Net, HarnessError> {
+    /// Create the bridge, one namespace per node, per agent and one for the clients. On error
+    /// what was made so far is removed when the returned error drops the half-built `Net`.
+    pub fn create(prefix: &str, nodes: &[u64], agents: u64) -> Result<Net, HarnessError> {
+        if agents > 50 {
+            return Err(HarnessError::Setup(format!(
+                "{agents} agents: at most 50 fit the test subnet"
+            )));
+        }
         if !nix::unistd::Uid::effective().is_root() {
             return Err(HarnessError::Setup(
                 "flotilla-jepsen must run as root: it creates network namespaces and nftables rules"
@@ -68,6 +92,7 @@ impl Net {
         let mut net = Net {
             prefix: prefix.to_string(),
             nodes: nodes.to_vec(),
+            agents: (1..=agents).collect(),
             created: Vec::new(),
         };
         let hub = format!("{prefix}-hub");
@@ -78,8 +103,12 @@ impl Net {
             let ns = net.node_ns(*id);
             net.attach(&hub, &ns, &format!("h{id}"), &Net::node_ip(*id))?;
         }
+        for k in net.agents.clone() {
+            let ns = net.agent_ns(k);
+            net.attach(&hub, &ns, &format!("ha{k}"), &Net::agent_ip(k))?;
+        }
         let c = net.client_ns();
-        net.attach(&hub, &c, "hc", &format!("{SUBNET}.{CLIENT_HOST}"))?;
+        net.attach(&hub, &c, "hc", &Net::client_ip())?;
         Ok(net)
     }
 

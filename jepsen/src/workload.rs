@@ -35,6 +35,9 @@ pub enum Kind {
     /// Clients contend for a Lease and write fenced with its epoch, some after stalling past
     /// its duration; no write may apply at another epoch than the lease's.
     Fence,
+    /// Real agents run a Deployment's pods while clients scale it; no pod is bound twice, no
+    /// node is overcommitted, and the Deployment converges after healing.
+    Schedule,
 }
 
 pub struct Workload {
@@ -48,6 +51,9 @@ pub struct Workload {
     fence: crate::fence::FenceState,
     /// The revision after setup.
     start_rev: AtomicU64,
+    /// The schedule workload's Nodes at the start revision (the history after it has only
+    /// their changes).
+    pub initial_nodes: Mutex<Vec<Object>>,
 }
 
 /// An operation chosen but not yet run.
@@ -111,6 +117,7 @@ impl Workload {
             seen: Mutex::new(BTreeMap::new()),
             fence: Default::default(),
             start_rev: AtomicU64::new(0),
+            initial_nodes: Mutex::new(Vec::new()),
         }
     }
 
@@ -120,6 +127,7 @@ impl Workload {
             Kind::Set => format!("jepsen-set-{key}"),
             Kind::Watch => format!("jepsen-watch-{key}"),
             Kind::Fence => format!("jepsen-fence-{key}"),
+            Kind::Schedule => crate::schedule::DEPLOYMENT.to_string(),
         }
     }
 
@@ -137,6 +145,7 @@ impl Workload {
             Kind::Watch => "watch",
             Kind::Set => return Ok(0),
             Kind::Fence => return self.setup_fence(db).await,
+            Kind::Schedule => return self.setup_schedule(db).await,
         };
         let mut c = db
             .any_client()
@@ -186,8 +195,33 @@ impl Workload {
         Ok(rev)
     }
 
+    async fn setup_schedule(&self, db: &Db) -> Result<u64, HarnessError> {
+        let mut c = db
+            .any_client()
+            .await
+            .map_err(|e| HarnessError::Setup(format!("connect for setup: {e}")))?;
+        // The start: the Nodes as they are, before any pod of the workload exists.
+        let (nodes, rev) = c
+            .list("Node", "", "", false)
+            .await
+            .map_err(|e| HarnessError::Setup(format!("list nodes before setup: {e}")))?;
+        if let Ok(mut n) = self.initial_nodes.lock() {
+            *n = nodes;
+        }
+        let mut attempts = 0;
+        while let Err(e) = crate::schedule::setup(&mut c, crate::schedule::FINAL_REPLICAS).await {
+            attempts += 1;
+            if attempts > 50 {
+                return Err(HarnessError::Setup(format!("create the Deployment: {e}")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(rev)
+    }
+
     pub fn plan(&self, process: u32, rng: &mut impl Rng) -> Planned {
         match self.kind {
+            Kind::Schedule => crate::schedule::plan(rng, self.next.fetch_add(1, Ordering::Relaxed)),
             Kind::Fence => self
                 .fence
                 .plan(process, self.next.fetch_add(1, Ordering::Relaxed), rng),
@@ -264,6 +298,16 @@ impl Workload {
         let name = self.key_name(p.key);
         match (self.kind, p.f) {
             (Kind::Fence, _) => self.fence.invoke(client, process, p).await,
+            (Kind::Schedule, f) => {
+                use crate::schedule::{change, Change};
+                let v = p.value.as_u64().unwrap_or(0);
+                let what = if f == "rollout" {
+                    Change::Rollout(v)
+                } else {
+                    Change::Scale(v)
+                };
+                change(client, what).await
+            }
             (Kind::Set, _) => {
                 let e = p.key;
                 match client.create(configmap(&name, "set", e)).await {
@@ -406,11 +450,11 @@ impl Workload {
             Kind::Fence => {
                 crate::fence::check(db, ops, self.start_rev.load(Ordering::Relaxed)).await
             }
-            // Checked in main: it needs the watchers' streams.
-            Kind::Watch => Verdict {
+            // Checked in main: they need the watchers' streams, or the agents.
+            Kind::Watch | Kind::Schedule => Verdict {
                 valid: checker::Validity::Unknown,
-                checker: "watch".into(),
-                details: json!({ "error": "the watch workload is checked with its watchers" }),
+                checker: format!("{:?}", self.kind).to_lowercase(),
+                details: json!({ "error": "this workload is checked in main" }),
             },
         }
     }

@@ -75,7 +75,7 @@ struct Cli {
 enum Cmd {
     /// Run one test: build a cluster in network namespaces, run the workload under the
     /// nemeses, check the history, tear everything down.
-    Test(TestArgs),
+    Test(Box<TestArgs>),
     /// Check a stored register history again (`history.jsonl` of a run), key by key.
     Check {
         /// A run's result directory.
@@ -140,7 +140,7 @@ struct TestArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Test(args) => ExitCode::from(test(args)),
+        Cmd::Test(args) => ExitCode::from(test(*args)),
         Cmd::Check { dir, timeout_s } => ExitCode::from(recheck(&dir, timeout_s)),
     }
 }

@@ -283,7 +283,6 @@ pub async fn check(
                         r#type: EventType::Added as i32,
                         object: Some(n.clone()),
                         revision: start_rev,
-                        ..Default::default()
                     });
                     h.splice(0..0, start);
                     details["history_from"] = json!(format!("n{id}"));
@@ -650,7 +649,6 @@ mod tests {
             r#type: t as i32,
             object: Some(o),
             revision: rev,
-            ..Default::default()
         }
     }
 
@@ -669,7 +667,6 @@ mod tests {
             r#type: EventType::Added as i32,
             object: Some(o),
             revision: rev,
-            ..Default::default()
         }
     }
 

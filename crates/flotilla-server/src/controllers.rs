@@ -464,6 +464,15 @@ impl Manager {
             if self.deposed == Some(epoch) {
                 continue;
             }
+            // Reconcile only from a cache that has the previous holder's last writes (they
+            // are older than our taking the role), or a lagging follower recreates pods that
+            // exist.
+            if let Some(h) = self.elections.held(ROLE) {
+                if informer.revision() < h.since {
+                    informer.wake_at(h.since);
+                    continue;
+                }
+            }
             if let Some((rev, since)) = self.barrier {
                 let waited_too_long =
                     since.elapsed() > Duration::from_millis(self.node.limits.write_timeout_ms);

@@ -5,7 +5,9 @@
 //! What a holder writes carries `fence = (lease, epoch)`, which the state machine checks: clocks
 //! decide only when a lease looks expired (liveness), never whose writes apply (safety).
 //!
-//! It must never let a role act on an epoch it has not seen committed.
+//! It must never let a role act on an epoch it has not seen committed, nor before its picture
+//! of the cluster has reached the revision that gave it the epoch (the previous holder's last
+//! writes are older than that; a follower that lags would decide without them).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -140,14 +142,41 @@ pub fn fence(role: &str, epoch: i64) -> Fence {
     }
 }
 
-/// Per role, the epoch this server holds it at (None: not the holder).
+/// A role this server holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub epoch: i64,
+    /// The revision of the write that gave this server the epoch: a role acts only once its
+    /// own view of the store has applied this far.
+    pub since: u64,
+}
+
+impl Held {
+    /// After a successful create, take or renew at `epoch` committed at `revision`: a renewal
+    /// keeps the revision the epoch was acquired at.
+    pub fn after_write(prev: Option<Held>, epoch: i64, revision: u64) -> Held {
+        match prev {
+            Some(h) if h.epoch == epoch => h,
+            _ => Held {
+                epoch,
+                since: revision,
+            },
+        }
+    }
+}
+
+/// Per role, whether this server holds it and at which epoch (None: not the holder).
 #[derive(Clone)]
 pub struct Elections {
-    pub roles: Vec<(&'static str, watch::Receiver<Option<i64>>)>,
+    pub roles: Vec<(&'static str, watch::Receiver<Option<Held>>)>,
 }
 
 impl Elections {
     pub fn epoch(&self, role: &str) -> Option<i64> {
+        self.held(role).map(|h| h.epoch)
+    }
+
+    pub fn held(&self, role: &str) -> Option<Held> {
         self.roles
             .iter()
             .find(|(r, _)| *r == role)
@@ -172,7 +201,7 @@ async fn run(
     node: Arc<Node>,
     api: Arc<ObjectApi>,
     role: &'static str,
-    tx: watch::Sender<Option<i64>>,
+    tx: watch::Sender<Option<Held>>,
 ) {
     let me = format!("server-{}", node.id);
     let duration_s = (node.limits.role_lease_duration_ms / 1000).max(1) as i32;
@@ -182,12 +211,14 @@ async fn run(
     let mut held_since_ms: Option<i64> = None;
     loop {
         match step(&node, &api, role, &me, duration_s).await {
-            Ok(Some(epoch)) => {
-                if *tx.borrow() != Some(epoch) {
-                    tracing::info!(role, epoch, "holding the role's lease");
+            Ok(Some((epoch, revision))) => {
+                let prev = *tx.borrow();
+                let held = Held::after_write(prev, epoch, revision);
+                if prev != Some(held) {
+                    tracing::info!(role, epoch, since = held.since, "holding the role's lease");
                 }
                 held_since_ms = Some(crate::now_ms());
-                tx.send_replace(Some(epoch));
+                tx.send_replace(Some(held));
             }
             Ok(None) => {
                 held_since_ms = None;
@@ -210,14 +241,15 @@ async fn run(
     }
 }
 
-/// One round: the epoch this server holds the role at after it, if any.
+/// One round: the epoch this server holds the role at after it, if any, and the revision of
+/// the write that said so.
 async fn step(
     node: &Node,
     api: &ObjectApi,
     role: &str,
     me: &str,
     duration_s: i32,
-) -> Result<Option<i64>, String> {
+) -> Result<Option<(i64, u64)>, String> {
     let current = match api
         .get(tonic::Request::new(GetRequest {
             key: Some(lease_key(role)),
@@ -289,7 +321,7 @@ async fn step(
                 .create(tonic::Request::new(CreateRequest { object: Some(o) }))
                 .await;
             return match r {
-                Ok(_) => Ok(Some(1)),
+                Ok(r) => Ok(Some((1, r.into_inner().revision))),
                 Err(s) => Err(s.message().to_string()),
             };
         }
@@ -311,7 +343,7 @@ async fn step(
         .update(tonic::Request::new(UpdateRequest { object: Some(o) }))
         .await
     {
-        Ok(_) => Ok(Some(epoch)),
+        Ok(r) => Ok(Some((epoch, r.into_inner().revision))),
         Err(s) => Err(s.message().to_string()),
     }
 }
@@ -366,6 +398,19 @@ mod tests {
             Action::Wait {
                 holder: "server-2".into()
             }
+        );
+    }
+
+    #[test]
+    fn an_epoch_is_held_since_the_write_that_acquired_it() {
+        let first = Held::after_write(None, 4, 100);
+        assert_eq!(first, Held { epoch: 4, since: 100 });
+        // Renewals at the same epoch keep the acquisition's revision.
+        assert_eq!(Held::after_write(Some(first), 4, 130), first);
+        // A new epoch (taken again after losing it) starts from its own write.
+        assert_eq!(
+            Held::after_write(Some(first), 6, 200),
+            Held { epoch: 6, since: 200 }
         );
     }
 

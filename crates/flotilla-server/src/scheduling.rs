@@ -83,12 +83,20 @@ async fn run(node: Arc<Node>, api: Arc<ObjectApi>, elections: Elections) {
             _ = retry_tick.tick() => cluster.retry_unschedulable(),
             _ = role_changed => {}
         }
-        let Some(epoch) = elections.epoch(ROLE) else {
+        let Some(held) = elections.held(ROLE) else {
             continue;
         };
+        let epoch = held.epoch;
         // Refused by fencing at this epoch: someone else holds the role now, whatever the
         // election loop has not noticed yet. Wait for it to say so.
         if deposed == Some(epoch) {
+            continue;
+        }
+        // The previous holder's last bindings are older than our taking the role: decide only
+        // once this server has applied that far, or a lagging follower places pods on nodes
+        // it does not know are full.
+        if informer.revision() < held.since {
+            informer.wake_at(held.since);
             continue;
         }
         let batch = node

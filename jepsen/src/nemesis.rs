@@ -45,6 +45,11 @@ pub enum Nemesis {
     /// must stop rather than go on; when healing, fsync works again and it is restarted.
     /// Skipped, with the reason, where Debian's `fiu-utils` is not installed.
     Fsync,
+    /// Slow followers: every apply on them sleeps (the `apply-before-commit` failpoint armed
+    /// with a delay), as on a slow disk, so they fall seconds behind the leader while serving
+    /// reads, watches and roles; disarmed when healing. Needs a `failpoints` build; skipped,
+    /// with the reason, otherwise.
+    Slow,
 }
 
 impl Nemesis {
@@ -59,6 +64,7 @@ impl Nemesis {
             Nemesis::Clock => "clock",
             Nemesis::Failpoint => "failpoint",
             Nemesis::Fsync => "fsync",
+            Nemesis::Slow => "slow",
         }
     }
 }
@@ -73,7 +79,12 @@ enum Active {
     Skewed(Vec<u64>),
     /// A server armed to crash (its exit is the nemesis's, not a finding), and with what.
     Armed(u64, Arming),
+    /// Servers whose applies sleep.
+    Slowed(Vec<u64>),
 }
+
+/// The failpoint the slow nemesis arms with a delay.
+const SLOW_POINT: &str = "apply-before-commit";
 
 #[derive(Clone, Copy)]
 enum Arming {
@@ -347,6 +358,50 @@ async fn start(
             }
             Some(Active::Armed(target, Arming::Fsync))
         }
+        Nemesis::Slow => {
+            let g = db.lock().await;
+            let leader = g.leader().await;
+            let followers: Vec<u64> = g
+                .ids
+                .iter()
+                .copied()
+                .filter(|i| Some(*i) != leader && !g.removed.contains(i))
+                .collect();
+            let delay_ms = rng.random_range(100..=800);
+            let action = format!("sleep({delay_ms})");
+            let mut slowed = Vec::new();
+            let mut errors = Vec::new();
+            for id in &followers {
+                match g.set_failpoint(*id, SLOW_POINT, &action).await {
+                    Ok(()) => slowed.push(*id),
+                    Err(e) if e.contains("without failpoints") => {
+                        rec.fault(
+                            n.name(),
+                            "start",
+                            followers.clone(),
+                            FaultStatus::Skipped,
+                            e,
+                        );
+                        return None;
+                    }
+                    Err(e) => errors.push(format!("n{id}: {e}")),
+                }
+            }
+            let (status, detail) = if errors.is_empty() {
+                (
+                    FaultStatus::Installed,
+                    format!("every apply sleeps {delay_ms} ms on the followers"),
+                )
+            } else {
+                (
+                    FaultStatus::Indeterminate,
+                    format!("every apply sleeps {delay_ms} ms: {}", errors.join("; ")),
+                )
+            };
+            rec.fault(n.name(), "start", followers.clone(), status, detail);
+            // Heal all of them: one whose arming failed may be armed anyway.
+            Some(Active::Slowed(followers))
+        }
         Nemesis::Failpoint => {
             let mut g = db.lock().await;
             let target = leader_or_random(&g, rng).await;
@@ -489,6 +544,19 @@ async fn heal(n: Nemesis, a: Active, db: &Mutex<Db>, net: &Net, rec: &Recorder) 
                     Err(e) => rec.fault(n.name(), "stop", vec![id], FaultStatus::Indeterminate, e),
                 }
             }
+        }
+        Active::Slowed(ids) => {
+            let g = db.lock().await;
+            let mut errors = Vec::new();
+            for id in &ids {
+                // A server that is down (killed since) has nothing armed any more.
+                if g.is_running(*id) {
+                    if let Err(e) = g.set_failpoint(*id, SLOW_POINT, "off").await {
+                        errors.push(format!("n{id}: {e}"));
+                    }
+                }
+            }
+            healed(rec, n, ids, &errors, "applies at full speed again");
         }
         Active::Armed(id, arming) => {
             let mut g = db.lock().await;

@@ -404,13 +404,22 @@ mod tests {
     #[test]
     fn an_epoch_is_held_since_the_write_that_acquired_it() {
         let first = Held::after_write(None, 4, 100);
-        assert_eq!(first, Held { epoch: 4, since: 100 });
+        assert_eq!(
+            first,
+            Held {
+                epoch: 4,
+                since: 100
+            }
+        );
         // Renewals at the same epoch keep the acquisition's revision.
         assert_eq!(Held::after_write(Some(first), 4, 130), first);
         // A new epoch (taken again after losing it) starts from its own write.
         assert_eq!(
             Held::after_write(Some(first), 6, 200),
-            Held { epoch: 6, since: 200 }
+            Held {
+                epoch: 6,
+                since: 200
+            }
         );
     }
 

@@ -198,7 +198,11 @@ impl Db {
             .arg(&self.bin)
             .args(["server", "--config"])
             .arg(&s.config)
-            .env("FLOTILLA_LOG", "info,openraft=warn")
+            .env(
+                "FLOTILLA_LOG",
+                std::env::var("FLOTILLA_JEPSEN_SERVER_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)

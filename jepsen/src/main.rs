@@ -417,6 +417,7 @@ async fn run_async(
     }
     let schedule = nemesis::Schedule {
         nemeses: dedup(&args.nemesis),
+        agents: agents.clone(),
         interval_ms: pair(&args.interval_ms, (2000, 5000)),
         hold_ms: pair(&args.hold_ms, (3000, 8000)),
     };

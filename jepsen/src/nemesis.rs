@@ -11,6 +11,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::Rng;
 use tokio::sync::Mutex;
 
+use crate::agents::Agents;
 use crate::cluster::Db;
 use crate::history::{FaultStatus, Recorder};
 use crate::net::Net;
@@ -50,6 +51,9 @@ pub enum Nemesis {
     /// reads, watches and roles; disarmed when healing. Needs a `failpoints` build; skipped,
     /// with the reason, otherwise.
     Slow,
+    /// SIGKILL one agent (schedule workload), its containers left running as on a node whose
+    /// agent crashed; restarted when healing, it must adopt them, not start them twice.
+    AgentKill,
 }
 
 impl Nemesis {
@@ -65,6 +69,7 @@ impl Nemesis {
             Nemesis::Failpoint => "failpoint",
             Nemesis::Fsync => "fsync",
             Nemesis::Slow => "slow",
+            Nemesis::AgentKill => "agent-kill",
         }
     }
 }
@@ -81,6 +86,8 @@ enum Active {
     Armed(u64, Arming),
     /// Servers whose applies sleep.
     Slowed(Vec<u64>),
+    /// Agents killed.
+    AgentsKilled(Vec<u64>),
 }
 
 /// The failpoint the slow nemesis arms with a delay.
@@ -99,6 +106,8 @@ const FIU_SYNC: &str = "name=posix/io/sync/*";
 
 pub struct Schedule {
     pub nemeses: Vec<Nemesis>,
+    /// The agents, for the schedule workload.
+    pub agents: Option<Arc<Mutex<Agents>>>,
     /// Quiet time between faults and how long each is held, in ms.
     pub interval_ms: (u64, u64),
     pub hold_ms: (u64, u64),
@@ -125,11 +134,12 @@ pub async fn run(
         let Some(n) = schedule.nemeses.choose(&mut rng).copied() else {
             break;
         };
-        let active = start(n, &db, &net, &rec, &mut rng).await;
+        let agents = schedule.agents.as_deref();
+        let active = start(n, &db, agents, &rec, &net, &mut rng).await;
         let hold = rng.random_range(schedule.hold_ms.0..=schedule.hold_ms.1);
         let stopping = stop.sleep(Duration::from_millis(hold)).await;
         if let Some(a) = active {
-            heal(n, a, &db, &net, &rec).await;
+            heal(n, a, &db, agents, &net, &rec).await;
         }
         if stopping {
             break;
@@ -192,11 +202,46 @@ async fn signal_targets(
 async fn start(
     n: Nemesis,
     db: &Mutex<Db>,
-    net: &Net,
+    agents: Option<&Mutex<Agents>>,
     rec: &Recorder,
+    net: &Net,
     rng: &mut StdRng,
 ) -> Option<Active> {
     match n {
+        Nemesis::AgentKill => {
+            let Some(agents) = agents else {
+                rec.fault(
+                    n.name(),
+                    "start",
+                    vec![],
+                    FaultStatus::Skipped,
+                    "no agents: only the schedule workload has them",
+                );
+                return None;
+            };
+            let mut g = agents.lock().await;
+            let ids = g.ids();
+            let k = *ids.choose(rng)?;
+            if g.kill(k) {
+                rec.fault(
+                    n.name(),
+                    "start",
+                    vec![k],
+                    FaultStatus::Installed,
+                    format!("SIGKILL agent a{k}"),
+                );
+                Some(Active::AgentsKilled(vec![k]))
+            } else {
+                rec.fault(
+                    n.name(),
+                    "start",
+                    vec![k],
+                    FaultStatus::Skipped,
+                    format!("agent a{k} was not running"),
+                );
+                None
+            }
+        }
         Nemesis::Kill => {
             let hit = signal_targets(n, db, rec, rng, "SIGKILL", |g, t| g.kill(t)).await;
             Some(Active::Killed(hit))
@@ -487,8 +532,27 @@ async fn start(
     }
 }
 
-async fn heal(n: Nemesis, a: Active, db: &Mutex<Db>, net: &Net, rec: &Recorder) {
+async fn heal(
+    n: Nemesis,
+    a: Active,
+    db: &Mutex<Db>,
+    agents: Option<&Mutex<Agents>>,
+    net: &Net,
+    rec: &Recorder,
+) {
     match a {
+        Active::AgentsKilled(ids) => {
+            let mut errors = Vec::new();
+            if let Some(agents) = agents {
+                let mut g = agents.lock().await;
+                for k in &ids {
+                    if let Err(e) = g.start(*k) {
+                        errors.push(e.to_string());
+                    }
+                }
+            }
+            healed(rec, n, ids, &errors, "agent restarted");
+        }
         Active::Killed(ids) => {
             let mut g = db.lock().await;
             let mut started = Vec::new();

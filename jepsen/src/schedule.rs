@@ -160,15 +160,19 @@ pub async fn change(c: &mut Client, what: Change) -> Done {
 pub async fn sample(agents: Arc<tokio::sync::Mutex<Agents>>, stop: Stop) -> SampleLog {
     let mut log = SampleLog::default();
     loop {
-        let running = {
-            let g = agents.lock().await;
-            running_by_uid(&g)
-        };
+        let listing = listing(&*agents.lock().await);
+        let (running, twice) = (running_by_uid(&listing), running_twice(&listing));
         log.samples += 1;
         for (uid, nodes) in running {
             if nodes.len() > 1 && log.anomalies.len() < 20 {
                 log.anomalies
                     .push(json!({ "pod_uid": uid, "running_on": nodes }));
+            }
+        }
+        for (node, ids) in twice {
+            if log.anomalies.len() < 20 {
+                log.anomalies
+                    .push(json!({ "node": node, "same_container_running_twice": ids }));
             }
         }
         if stop.sleep(SAMPLE_PERIOD).await {
@@ -183,21 +187,54 @@ pub struct SampleLog {
     anomalies: Vec<Value>,
 }
 
-/// Pod uid → the nodes where one of its containers is running.
-fn running_by_uid(agents: &Agents) -> BTreeMap<String, BTreeSet<String>> {
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for k in agents.ids() {
-        let Ok(list) = agents.containers(k) else {
-            continue;
-        };
-        for (id, status) in list {
-            if status != "running" {
-                continue;
+/// Per node, containers that run twice: two running runc containers for one pod's container
+/// (ids `<uid>_<name>_<restart>` differing only in the restart count), as an agent that lost
+/// track of one it had started would leave.
+fn running_twice(listing: &Listing) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for (node, list) in listing {
+        let mut by: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for id in list {
+            if let Some((prefix, _restart)) = id.rsplit_once('_') {
+                by.entry(prefix).or_default().push(id.clone());
             }
+        }
+        out.extend(
+            by.into_values()
+                .filter(|ids| ids.len() > 1)
+                .map(|ids| (node.clone(), ids)),
+        );
+    }
+    out
+}
+
+/// Node name → the ids of its running runc containers (agents whose listing failed are left
+/// out).
+type Listing = BTreeMap<String, Vec<String>>;
+
+fn listing(agents: &Agents) -> Listing {
+    agents
+        .ids()
+        .into_iter()
+        .filter_map(|k| {
+            let list = agents.containers(k).ok()?;
+            let running = list
+                .into_iter()
+                .filter(|(_, status)| status == "running")
+                .map(|(id, _)| id)
+                .collect();
+            Some((Agents::name(k), running))
+        })
+        .collect()
+}
+
+/// Pod uid → the nodes where one of its containers is running.
+fn running_by_uid(listing: &Listing) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (node, list) in listing {
+        for id in list {
             if let Some((uid, _)) = id.split_once('_') {
-                out.entry(uid.to_string())
-                    .or_default()
-                    .insert(Agents::name(k));
+                out.entry(uid.to_string()).or_default().insert(node.clone());
             }
         }
     }
@@ -408,7 +445,11 @@ async fn converged(
             ));
         }
     }
-    let running = running_by_uid(&*agents.lock().await);
+    let listing = listing(&*agents.lock().await);
+    let running = running_by_uid(&listing);
+    for (node, ids) in running_twice(&listing) {
+        problems.push(format!("on {node} one container runs twice: {ids:?}"));
+    }
     for p in &live {
         let uid = &p.meta().uid;
         let node = pod_node(p);

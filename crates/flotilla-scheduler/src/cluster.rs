@@ -311,6 +311,18 @@ impl Cluster {
         self.active.insert(w.order.clone(), w);
     }
 
+    /// The store refused the bind on the pod's own merits (it is gone, bound by someone else,
+    /// or another pod now has its name): this copy is stale. It waits with the unschedulable
+    /// ones until the feed brings its news or the next retry, so a stale copy is never bound
+    /// again and again (each attempt a log entry) while the news that would correct it waits.
+    pub fn bind_refused(&mut self, key: &str) {
+        let Some(w) = self.assumed.remove(key) else {
+            return;
+        };
+        self.unplace(key);
+        self.unschedulable.insert(key.to_string(), w);
+    }
+
     /// Retry every unschedulable pod (periodically, as kube-scheduler's flush).
     pub fn retry_unschedulable(&mut self) {
         self.wake();

@@ -257,6 +257,38 @@ fn a_failed_bind_requeues_and_a_bound_pod_is_never_rescheduled() {
 }
 
 #[test]
+fn a_refused_bind_waits_for_news_instead_of_being_retried_at_once() {
+    let mut c = Cluster::new();
+    c.apply_node(&node("n1", "2", "1Gi", ""));
+    let p = pod("p", "1", "");
+    c.apply_pod(&p);
+    let (ok, _) = c.next_batch(10);
+    assert_eq!(ok.len(), 1);
+    // Deleted in the store after the decision: NotFound.
+    c.bind_refused("default/p");
+    assert_eq!(c.node("n1").unwrap().requested.cpu_milli, 0);
+    assert_eq!(c.pending_count(), 0, "not retried before any news");
+    assert!(c.next_batch(10).0.is_empty());
+    // The news: the delete. Nothing is left to retry.
+    c.delete_pod("default/p");
+    c.retry_unschedulable();
+    assert!(c.next_batch(10).0.is_empty());
+    // Refused because someone else bound it: the feed's copy places it there.
+    let q = pod("q", "1", "");
+    c.apply_pod(&q);
+    assert_eq!(c.next_batch(10).0.len(), 1);
+    c.bind_refused("default/q");
+    let mut bound = q.clone();
+    if let Some(flotilla_api::pb::api::object::Body::Pod(x)) = &mut bound.body {
+        x.spec.as_mut().unwrap().node_name = "n1".into();
+    }
+    c.apply_pod(&bound);
+    c.retry_unschedulable();
+    assert!(c.next_batch(10).0.is_empty());
+    assert_eq!(c.node("n1").unwrap().requested.cpu_milli, 1000);
+}
+
+#[test]
 fn priority_then_age_orders_the_queue() {
     let mut c = Cluster::new();
     c.apply_node(&node("n1", "1", "1Gi", ""));

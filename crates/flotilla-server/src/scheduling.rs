@@ -106,7 +106,12 @@ async fn run(node: Arc<Node>, api: Arc<ObjectApi>, elections: Elections) {
             .max(1);
         while cluster.pending_count() > 0 && elections.epoch(ROLE) == Some(epoch) {
             let (placed, unplaced) = cluster.next_batch(batch);
-            if !placed.is_empty() && bind(&node, &api, &mut cluster, placed, epoch).await {
+            let outcome = if placed.is_empty() {
+                Bound::default()
+            } else {
+                bind(&node, &api, &mut cluster, placed, epoch).await
+            };
+            if outcome.fenced {
                 tracing::warn!(
                     epoch,
                     "scheduler: bindings refused by fencing; another server holds the role now"
@@ -121,18 +126,32 @@ async fn run(node: Arc<Node>, api: Arc<ObjectApi>, elections: Elections) {
             if node.shutdown.is_cancelled() {
                 return;
             }
+            // A failed bind means this picture is stale or the store is struggling: take in
+            // the feed before deciding again (the next change or retry tick resumes).
+            if outcome.failed {
+                break;
+            }
         }
     }
 }
 
-/// Bind the placements in one fenced batch; true when fencing refused them (deposed).
+/// How a batch of bindings went.
+#[derive(Default)]
+struct Bound {
+    /// Fencing refused them: another server holds the role.
+    fenced: bool,
+    /// Some were not bound.
+    failed: bool,
+}
+
+/// Bind the placements in one fenced batch.
 async fn bind(
     node: &Node,
     api: &ObjectApi,
     cluster: &mut Cluster,
     placed: Vec<Placement>,
     epoch: i64,
-) -> bool {
+) -> Bound {
     let f = fence(ROLE, epoch);
     let writes: Vec<Write> = placed
         .iter()
@@ -153,23 +172,29 @@ async fn bind(
     {
         Ok(r) => {
             let mut bound = 0u64;
-            let mut fenced = false;
+            let mut out = Bound::default();
             for (key, res) in keys.iter().zip(r.into_inner().results) {
                 match res.result {
                     Some(write_result::Result::Object(_)) => bound += 1,
                     Some(write_result::Result::Error(e)) => {
+                        out.failed = true;
                         if e.code == ErrorCode::Fenced as i32 {
-                            fenced = true;
+                            out.fenced = true;
+                            cluster.bind_failed(key);
                         } else {
+                            // Gone, bound already, another uid: our copy is stale.
                             tracing::debug!(pod = %key, "bind refused: {}", e.message);
+                            cluster.bind_refused(key);
                         }
+                    }
+                    None => {
+                        out.failed = true;
                         cluster.bind_failed(key);
                     }
-                    None => cluster.bind_failed(key),
                 }
             }
             node.metrics.pods_bound.inc_by(bound);
-            fenced
+            out
         }
         Err(s) => {
             tracing::warn!(pods = keys.len(), "bind batch failed: {}", s.message());
@@ -178,7 +203,10 @@ async fn bind(
             }
             // Do not spin against a store that cannot take writes.
             tokio::time::sleep(Duration::from_millis(200)).await;
-            false
+            Bound {
+                fenced: false,
+                failed: true,
+            }
         }
     }
 }

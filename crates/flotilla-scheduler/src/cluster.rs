@@ -51,6 +51,9 @@ pub struct Cluster {
     /// Pod key → its key in `active`.
     active_keys: HashMap<String, QueueKey>,
     unschedulable: HashMap<String, Waiting>,
+    /// Binds the store refused (our copy was stale): retried when news of the pod arrives,
+    /// or at the periodic retry.
+    refused: HashMap<String, Waiting>,
     next_start: usize,
 }
 
@@ -104,7 +107,7 @@ impl Cluster {
 
     /// Pods that fit nowhere go back to the queue: something changed that may make room.
     fn wake(&mut self) {
-        for (key, w) in self.unschedulable.drain() {
+        for (key, w) in self.unschedulable.drain().chain(self.refused.drain()) {
             self.active_keys.insert(key, w.order.clone());
             self.active.insert(w.order.clone(), w);
         }
@@ -174,6 +177,7 @@ impl Cluster {
             self.active.remove(&q);
         }
         self.unschedulable.remove(key);
+        self.refused.remove(key);
     }
 
     /// A pod was added or changed in the store.
@@ -182,6 +186,8 @@ impl Cluster {
             return;
         };
         let key = info.key();
+        // News of a pod whose bind was refused: decide again from this copy.
+        self.refused.remove(&key);
         let node = match &o.body {
             Some(Body::Pod(p)) => p
                 .spec
@@ -312,15 +318,15 @@ impl Cluster {
     }
 
     /// The store refused the bind on the pod's own merits (it is gone, bound by someone else,
-    /// or another pod now has its name): this copy is stale. It waits with the unschedulable
-    /// ones until the feed brings its news or the next retry, so a stale copy is never bound
-    /// again and again (each attempt a log entry) while the news that would correct it waits.
+    /// or another pod now has its name): this copy is stale. It waits until the feed brings
+    /// news of the pod (or the periodic retry), so a stale copy is never bound again and again
+    /// (each attempt a log entry) while the news that would correct it waits.
     pub fn bind_refused(&mut self, key: &str) {
         let Some(w) = self.assumed.remove(key) else {
             return;
         };
         self.unplace(key);
-        self.unschedulable.insert(key.to_string(), w);
+        self.refused.insert(key.to_string(), w);
     }
 
     /// Retry every unschedulable pod (periodically, as kube-scheduler's flush).

@@ -286,6 +286,18 @@ fn a_refused_bind_waits_for_news_instead_of_being_retried_at_once() {
     c.retry_unschedulable();
     assert!(c.next_batch(10).0.is_empty());
     assert_eq!(c.node("n1").unwrap().requested.cpu_milli, 1000);
+    // Refused because another pod now has the name: the new pod is decided at once.
+    let r = pod("r", "1", "");
+    c.apply_pod(&r);
+    assert_eq!(c.next_batch(10).0.len(), 1);
+    c.bind_refused("default/r");
+    assert_eq!(c.pending_count(), 0);
+    let mut again = r.clone();
+    again.meta_mut().uid = "another-uid".into();
+    c.apply_pod(&again);
+    let (ok, _) = c.next_batch(10);
+    assert_eq!(ok.len(), 1);
+    assert_eq!(ok[0].pod.uid, "another-uid");
 }
 
 #[test]

@@ -27,6 +27,8 @@ pub const ROLE: &str = "scheduler";
 const COMPONENT: &str = "default-scheduler";
 /// Changes taken from the feed before deciding again.
 const FEED_BATCH: usize = 20_000;
+/// After a failed bind, decide again this soon if no change of the cluster comes first.
+const BIND_RETRY: Duration = Duration::from_millis(200);
 
 pub fn start(node: Arc<Node>, api: Arc<ObjectApi>, elections: Elections, tasks: &TaskTracker) {
     tasks.spawn(async move { run(node, api, elections).await });
@@ -58,6 +60,8 @@ async fn run(node: Arc<Node>, api: Arc<ObjectApi>, elections: Elections) {
     let retry = Duration::from_millis(node.limits.unschedulable_retry_ms.max(100));
     let mut retry_tick = tokio::time::interval(retry);
     let mut deposed: Option<i64> = None;
+    // After a failed bind: when to decide again if no change comes first.
+    let mut retry_soon: Option<tokio::time::Instant> = None;
     retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let role_changed = async {
@@ -81,6 +85,8 @@ async fn run(node: Arc<Node>, api: Arc<ObjectApi>, elections: Elections) {
                 }
             },
             _ = retry_tick.tick() => cluster.retry_unschedulable(),
+            _ = async { tokio::time::sleep_until(retry_soon.unwrap_or_else(tokio::time::Instant::now)).await },
+                if retry_soon.is_some() => retry_soon = None,
             _ = role_changed => {}
         }
         let Some(held) = elections.held(ROLE) else {
@@ -129,6 +135,7 @@ async fn run(node: Arc<Node>, api: Arc<ObjectApi>, elections: Elections) {
             // A failed bind means this picture is stale or the store is struggling: take in
             // the feed before deciding again (the next change or retry tick resumes).
             if outcome.failed {
+                retry_soon = Some(tokio::time::Instant::now() + BIND_RETRY);
                 break;
             }
         }
@@ -201,8 +208,7 @@ async fn bind(
             for key in &keys {
                 cluster.bind_failed(key);
             }
-            // Do not spin against a store that cannot take writes.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // The loop retries after BIND_RETRY, taking in the feed meanwhile.
             Bound {
                 fenced: false,
                 failed: true,

@@ -7,7 +7,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-for t in nft:nftables faketime:faketime fiu-ctrl:fiu-utils; do
+for t in nft:nftables faketime:faketime fiu-ctrl:fiu-utils runc:runc docker-registry:docker-registry \
+    skopeo:skopeo busybox:busybox-static; do
     if ! command -v "${t%%:*}" >/dev/null 2>&1; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
             DEBIAN_FRONTEND=noninteractive apt-get install -y "${t#*:}" >/dev/null
@@ -64,6 +65,9 @@ run 0 set-3-nodes --workload set --nemesis kill,partition,loss,member,clock,fail
 run 0 watch-3-nodes --workload watch --nemesis kill,pause,partition,loss,member,clock,failpoint --time-limit 90 \
     --seed 13 --flotilla target/debug/flotilla-test
 run 0 fence-3-nodes --workload fence --nemesis pause,partition,kill,member,fsync --time-limit 60 --seed 15
+# Agents running pods with runc, a Deployment scaled and rolled out while leases move.
+run 0 schedule-3-nodes --workload schedule --nemesis agent-kill,kill,pause,partition,slow --time-limit 90 \
+    --seed 16 --flotilla target/debug/flotilla-test
 run 0 register-5-nodes --nodes 5 --workload register --nemesis partition,kill,pause,member --time-limit 60 --seed 14
 # Planted bugs: a harness that cannot catch these proves nothing.
 run 1 planted-stale-read --workload register --nemesis partition --time-limit 30 --seed 21 \

@@ -1,8 +1,9 @@
 //! flotilla-jepsen: Flotilla's own fault-injection harness (Jepsen cannot be installed here).
 //!
-//! It owns the test network (one namespace per server, a bridge), the servers' processes for one
-//! run, the nemeses, the workloads' clients, the checkers and the run's result directory. It must
-//! never send traffic outside the namespaces it creates, never leave them behind (also after a
+//! It owns the test network (one namespace per server and per agent, a bridge), the servers' and
+//! agents' processes for one run (and the containers the agents leave), the nemeses, the
+//! workloads' clients, the checkers and the run's result directory. It must never send traffic
+//! outside the namespaces it creates, never leave them or a container behind (also after a
 //! failure or Ctrl-C), and never call an uncertain write "failed".
 //!
 //! Exit codes: 0 valid, 1 invalid, 2 unknown (a checker gave up), 3 harness failure.
@@ -120,6 +121,10 @@ struct TestArgs {
     /// Quiet time between faults, in ms (min,max).
     #[arg(long, value_delimiter = ',', default_value = "2000,5000")]
     interval_ms: Vec<u64>,
+    /// Let faults of different families (processes and disks; the network; clocks) overlap,
+    /// each family on a schedule of its own.
+    #[arg(long)]
+    overlap: bool,
     /// How long a fault is held, in ms (min,max).
     #[arg(long, value_delimiter = ',', default_value = "3000,8000")]
     hold_ms: Vec<u64>,
@@ -420,6 +425,7 @@ async fn run_async(
         agents: agents.clone(),
         interval_ms: pair(&args.interval_ms, (2000, 5000)),
         hold_ms: pair(&args.hold_ms, (3000, 8000)),
+        overlap: args.overlap,
     };
     let nem = tokio::spawn(nemesis::run(
         schedule,
@@ -663,6 +669,7 @@ fn add_summary(v: &mut Verdict, ops: &[Op], args: &TestArgs) {
     v.details["run"] = serde_json::json!({
         "workload": format!("{:?}", args.workload).to_lowercase(),
         "nemesis": args.nemesis.iter().map(|n| n.name()).collect::<Vec<_>>(),
+        "overlap": args.overlap,
         "nodes": args.nodes,
         "time_limit_s": args.time_limit,
         "seed": args.seed,

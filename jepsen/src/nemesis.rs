@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::Mutex;
 
 use crate::agents::Agents;
@@ -111,9 +111,22 @@ pub struct Schedule {
     /// Quiet time between faults and how long each is held, in ms.
     pub interval_ms: (u64, u64),
     pub hold_ms: (u64, u64),
+    /// Let faults of different families overlap (one schedule per family).
+    pub overlap: bool,
 }
 
-/// Run faults until `stop` fires, then heal everything.
+/// Faults of different families touch different things (processes and disks; the network's
+/// nftables rules; the clock files), so they can be held at the same time.
+fn family(n: Nemesis) -> u8 {
+    match n {
+        Nemesis::Partition | Nemesis::Loss | Nemesis::Netem => 1,
+        Nemesis::Clock => 2,
+        _ => 0,
+    }
+}
+
+/// Run faults until `stop` fires, healing each. With `overlap`, one schedule per family runs
+/// at the same time, each with its own generator drawn from `rng`.
 pub async fn run(
     schedule: Schedule,
     db: Arc<Mutex<Db>>,
@@ -126,20 +139,49 @@ pub async fn run(
         stop.wait().await;
         return;
     }
+    let mut groups: BTreeMap<u8, Vec<Nemesis>> = BTreeMap::new();
+    for n in &schedule.nemeses {
+        let f = if schedule.overlap { family(*n) } else { 0 };
+        groups.entry(f).or_default().push(*n);
+    }
+    let loops = groups.into_values().map(|nemeses| {
+        let seed: u64 = rng.random();
+        one_schedule(
+            nemeses,
+            &schedule,
+            &db,
+            &net,
+            &rec,
+            StdRng::seed_from_u64(seed),
+            stop.clone(),
+        )
+    });
+    futures::future::join_all(loops).await;
+}
+
+async fn one_schedule(
+    nemeses: Vec<Nemesis>,
+    schedule: &Schedule,
+    db: &Mutex<Db>,
+    net: &Net,
+    rec: &Recorder,
+    mut rng: StdRng,
+    stop: Stop,
+) {
     loop {
         let quiet = rng.random_range(schedule.interval_ms.0..=schedule.interval_ms.1);
         if stop.sleep(Duration::from_millis(quiet)).await {
             break;
         }
-        let Some(n) = schedule.nemeses.choose(&mut rng).copied() else {
+        let Some(n) = nemeses.choose(&mut rng).copied() else {
             break;
         };
         let agents = schedule.agents.as_deref();
-        let active = start(n, &db, agents, &rec, &net, &mut rng).await;
+        let active = start(n, db, agents, rec, net, &mut rng).await;
         let hold = rng.random_range(schedule.hold_ms.0..=schedule.hold_ms.1);
         let stopping = stop.sleep(Duration::from_millis(hold)).await;
         if let Some(a) = active {
-            heal(n, a, &db, agents, &net, &rec).await;
+            heal(n, a, db, agents, net, rec).await;
         }
         if stopping {
             break;
@@ -858,7 +900,6 @@ fn describe(g: &BTreeMap<u64, BTreeSet<u64>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
 
     #[test]
     fn every_partition_shape_cuts_something_and_keeps_nodes_known() {

@@ -493,12 +493,66 @@ impl Db {
 
     /// Remove server `id` from the membership, then stop it and wipe its data: when it comes
     /// back it is a new, empty server that must be added again.
+    /// Remove `id` from the cluster, then stop and wipe it. A call whose answer was lost is
+    /// settled by asking for the membership: if `id` is no longer a voter it was removed.
     pub async fn remove_member(&mut self, id: u64) -> Result<(), String> {
         let mut c = self.member_client(id).await?;
-        tokio::time::timeout(Duration::from_secs(20), c.remove(id))
+        let answer = match tokio::time::timeout(Duration::from_secs(20), c.remove(id)).await {
+            Err(_) => Err(format!("remove n{id}: no answer within 20 s")),
+            Ok(Err(e)) if e.code() == flotilla_api::ErrorCode::NotFound => Ok(()),
+            Ok(Err(e)) => Err(format!("remove n{id}: {e}")),
+            Ok(Ok(_)) => Ok(()),
+        };
+        if let Err(e) = answer {
+            match self.voters().await {
+                Some(v) if !v.contains(&id) => {}
+                _ => return Err(e),
+            }
+        }
+        self.mark_removed(id)
+    }
+
+    /// The voters as the leader reports them (None if no leader answered): a follower's view
+    /// may lag behind a promotion.
+    pub async fn voters(&self) -> Option<BTreeSet<u64>> {
+        let leader = self.leader().await?;
+        let mut c = self.client(leader).await.ok()?;
+        let st = tokio::time::timeout(Duration::from_secs(10), c.cluster_status())
             .await
-            .map_err(|_| format!("remove n{id}: no answer within 20 s"))?
-            .map_err(|e| format!("remove n{id}: {e}"))?;
+            .ok()?
+            .ok()?;
+        (st.leader_id == leader).then(|| {
+            st.members
+                .iter()
+                .filter(|m| m.voter)
+                .map(|m| m.id)
+                .collect()
+        })
+    }
+
+    /// Servers this harness counts as members that the cluster no longer has as voters (a
+    /// removal whose answer was lost): stop and wipe them, so healing adds them back.
+    pub async fn settle_lost_removals(&mut self) -> Vec<u64> {
+        let Some(voters) = self.voters().await else {
+            return Vec::new();
+        };
+        let lost: Vec<u64> = self
+            .ids
+            .iter()
+            .copied()
+            .filter(|i| !self.removed.contains(i) && !voters.contains(i))
+            .collect();
+        for id in &lost {
+            if let Err(e) = self.mark_removed(*id) {
+                eprintln!("flotilla-jepsen: n{id}: {e}");
+            }
+        }
+        lost
+    }
+
+    /// Stop and wipe `id` (no longer a member) and let it start as a server waiting to be
+    /// added.
+    fn mark_removed(&mut self, id: u64) -> Result<(), String> {
         self.removed.insert(id);
         self.pause(id, false);
         self.kill(id);

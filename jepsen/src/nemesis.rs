@@ -378,6 +378,17 @@ async fn start(
         }
         Nemesis::Member => {
             let mut g = db.lock().await;
+            let lost = g.settle_lost_removals().await;
+            if !lost.is_empty() {
+                rec.fault(
+                    n.name(),
+                    "start",
+                    lost.clone(),
+                    FaultStatus::Installed,
+                    "an earlier removal whose answer was lost had happened: stopped and wiped",
+                );
+                return Some(Active::Removed(lost));
+            }
             let mut ids: Vec<u64> = g
                 .ids
                 .iter()
@@ -770,6 +781,16 @@ pub async fn heal_all(db: &Mutex<Db>, net: &Net, rec: &Recorder) {
     }
     for id in g.paused() {
         g.pause(id, false);
+    }
+    let lost = g.settle_lost_removals().await;
+    if !lost.is_empty() {
+        rec.fault(
+            "heal",
+            "stop",
+            lost,
+            FaultStatus::Installed,
+            "removals whose answer was lost had happened: wiped, to be added back",
+        );
     }
     for id in g.removed.clone() {
         if let Err(e) = g.add_member(id).await {

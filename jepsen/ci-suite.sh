@@ -7,8 +7,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-for t in nft:nftables faketime:faketime fiu-ctrl:fiu-utils runc:runc docker-registry:docker-registry \
-    skopeo:skopeo busybox:busybox-static; do
+for t in nft:nftables iptables-legacy:iptables faketime:faketime fiu-ctrl:fiu-utils runc:runc \
+    docker-registry:docker-registry skopeo:skopeo busybox:busybox-static; do
     if ! command -v "${t%%:*}" >/dev/null 2>&1; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
             DEBIAN_FRONTEND=noninteractive apt-get install -y "${t#*:}" >/dev/null
@@ -58,7 +58,7 @@ run() {
     fi
 }
 
-run 0 register-3-nodes --workload register --nemesis kill,pause,partition,clock --time-limit 90 --seed 11
+run 0 register-3-nodes --workload register --nemesis kill,pause,partition,clock,netem --time-limit 90 --seed 11
 # The test build, for the failpoint nemesis (no planted bug switched on).
 run 0 set-3-nodes --workload set --nemesis kill,partition,loss,member,clock,failpoint,fsync --time-limit 90 --seed 12 \
     --flotilla target/debug/flotilla-test

@@ -11,6 +11,7 @@
 mod agents;
 mod checker;
 mod cluster;
+mod delay;
 mod fence;
 mod history;
 mod nemesis;

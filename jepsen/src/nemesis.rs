@@ -88,6 +88,8 @@ enum Active {
     Slowed(Vec<u64>),
     /// Agents killed.
     AgentsKilled(Vec<u64>),
+    /// Servers whose incoming packets the harness delays (NFQUEUE).
+    Delayed(Vec<u64>, crate::delay::Delayer),
 }
 
 /// The failpoint the slow nemesis arms with a delay.
@@ -559,13 +561,24 @@ async fn start(
                     ],
                 ) {
                     Ok(_) => done.push(*id),
+                    Err(e) if done.is_empty() => {
+                        // No sch_netem in this kernel: the same delay through NFQUEUE.
+                        return delay_in_userspace(
+                            n,
+                            net,
+                            rec,
+                            delay,
+                            rng.random(),
+                            &e.to_string(),
+                        );
+                    }
                     Err(e) => {
                         rec.fault(
                             n.name(),
                             "start",
                             Vec::new(),
-                            FaultStatus::Skipped,
-                            format!("tc netem is not available here: {e}"),
+                            FaultStatus::Indeterminate,
+                            format!("tc netem failed on n{id}: {e}"),
                         );
                         break;
                     }
@@ -721,6 +734,29 @@ async fn heal(
             let what = result.unwrap_or_else(|_| format!("{what}: restart failed"));
             healed(rec, n, vec![id], &errors, &what);
         }
+        Active::Delayed(ids, mut d) => {
+            // Rules first, so nothing new is queued; then release what is held.
+            let mut errors: Vec<String> = net
+                .unqueue(&ids)
+                .err()
+                .map(|e| e.to_string())
+                .into_iter()
+                .collect();
+            let mut delayed = 0;
+            for (id, r) in d.stop() {
+                match r {
+                    Ok(c) => delayed += c,
+                    Err(e) => errors.push(format!("n{id}: {e}")),
+                }
+            }
+            healed(
+                rec,
+                n,
+                ids,
+                &errors,
+                &format!("delay removed ({delayed} packets were delayed)"),
+            );
+        }
         Active::Netem(ids) => {
             for id in &ids {
                 let ns = net.node_ns(*id);
@@ -742,6 +778,55 @@ async fn heal(
             }
         }
     }
+}
+
+/// Delay what every server receives by `delay_ms` plus up to a quarter of it, in the harness
+/// (NFQUEUE), where `tc netem` is missing.
+fn delay_in_userspace(
+    n: Nemesis,
+    net: &Net,
+    rec: &Recorder,
+    delay_ms: u64,
+    seed: u64,
+    netem_error: &str,
+) -> Option<Active> {
+    let ids = net.nodes.clone();
+    let delay = Duration::from_millis(delay_ms);
+    let jitter = Duration::from_millis(delay_ms / 4);
+    let d = match crate::delay::Delayer::start(net, &ids, delay, jitter, seed) {
+        Ok(d) => d,
+        Err(e) => {
+            rec.fault(
+                n.name(),
+                "start",
+                ids,
+                FaultStatus::Skipped,
+                format!("tc netem is not available ({netem_error}) and NFQUEUE failed: {e}"),
+            );
+            return None;
+        }
+    };
+    if let Err(e) = net.queue(&ids, crate::delay::QUEUE) {
+        rec.fault(
+            n.name(),
+            "start",
+            ids.clone(),
+            FaultStatus::Indeterminate,
+            e.to_string(),
+        );
+        return Some(Active::Delayed(ids, d));
+    }
+    rec.fault(
+        n.name(),
+        "start",
+        ids.clone(),
+        FaultStatus::Installed,
+        format!(
+            "delay {delay_ms}ms + up to {}ms through NFQUEUE (no sch_netem here)",
+            delay_ms / 4
+        ),
+    );
+    Some(Active::Delayed(ids, d))
 }
 
 /// The leader (half the time, when one answers) or a random server.

@@ -190,6 +190,46 @@ impl Net {
         Ok(())
     }
 
+    /// Hand what servers `ids` receive from other servers and agents (not from the clients) to
+    /// NFQUEUE `queue`; `--queue-bypass` lets packets through when nothing listens on it.
+    /// iptables' (legacy) NFQUEUE target, since this kernel has no nftables `queue` expression.
+    pub fn queue(&self, ids: &[u64], queue: u16) -> Result<(), HarnessError> {
+        let q = queue.to_string();
+        for id in ids {
+            let ns = self.node_ns(*id);
+            let client = format!("{SUBNET}.{CLIENT_HOST}");
+            let subnet = format!("{SUBNET}.0/24");
+            for rule in [
+                vec!["-A", "INPUT", "-s", client.as_str(), "-j", "ACCEPT"],
+                vec![
+                    "-A",
+                    "INPUT",
+                    "-s",
+                    subnet.as_str(),
+                    "-j",
+                    "NFQUEUE",
+                    "--queue-num",
+                    q.as_str(),
+                    "--queue-bypass",
+                ],
+            ] {
+                let mut a = vec!["netns", "exec", ns.as_str(), "iptables-legacy"];
+                a.extend(rule);
+                ip(&a)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove what [`Net::queue`] added.
+    pub fn unqueue(&self, ids: &[u64]) -> Result<(), HarnessError> {
+        for id in ids {
+            let ns = self.node_ns(*id);
+            ip(&["netns", "exec", &ns, "iptables-legacy", "-F", "INPUT"])?;
+        }
+        Ok(())
+    }
+
     fn ensure_table(&self, id: u64) -> Result<(), HarnessError> {
         // `add` of an existing table or chain is a no-op, so this is idempotent.
         self.nft(id, &["add", "table", "inet", NFT_TABLE])?;

@@ -406,31 +406,39 @@ pub fn feasible_to_find(nodes: usize) -> usize {
     (nodes * percent / 100).max(MIN)
 }
 
+/// The indexes of the nodes holding pods with anti-affinity terms (what [`filter`] needs as
+/// `guarded`).
+pub fn guarded_nodes(nodes: &[NodeInfo]) -> Vec<usize> {
+    nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.pods_with_anti_affinity > 0)
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// Place `pod` on one of `nodes`, examining them from `start` round the ring. Returns the
 /// chosen node's index and how many nodes were examined (the next pod starts after them).
+/// `guarded` is [`guarded_nodes`] of `nodes`, kept by the caller across a batch of pods (a
+/// scan of every node per pod costs more than the filtering itself in a large cluster).
 pub fn schedule(
     pod: &PodInfo,
     nodes: &[NodeInfo],
     start: usize,
+    guarded: &[usize],
 ) -> Result<(usize, usize), FitError> {
     let n = nodes.len();
     let want = feasible_to_find(n);
     let mut candidates = Vec::with_capacity(want.min(n));
     let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
     let mut examined = 0;
-    let guarded: Vec<usize> = nodes
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| n.pods_with_anti_affinity > 0)
-        .map(|(i, _)| i)
-        .collect();
     for k in 0..n {
         if candidates.len() >= want {
             break;
         }
         let i = (start + k) % n;
         examined += 1;
-        let why = filter(pod, &nodes[i], nodes, &guarded);
+        let why = filter(pod, &nodes[i], nodes, guarded);
         if why.is_empty() {
             candidates.push(i);
         } else {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use flotilla_api::pb::api::{object::Body, Object};
 
-use crate::algorithm::{schedule, FitError};
+use crate::algorithm::{guarded_nodes, schedule, FitError};
 use crate::model::{NodeInfo, PlacedPod, PodInfo};
 
 /// The scheduler names it answers to (an empty `schedulerName` means the default).
@@ -261,6 +261,8 @@ impl Cluster {
     pub fn next_batch(&mut self, max: usize) -> (Vec<Placement>, Vec<Unplaced>) {
         let mut placed = Vec::new();
         let mut unplaced = Vec::new();
+        // Found once per batch and kept up to date as the batch places pods.
+        let mut guarded: Option<Vec<usize>> = None;
         while placed.len() + unplaced.len() < max {
             let Some((_, w)) = self.active.pop_first() else {
                 break;
@@ -276,8 +278,12 @@ impl Cluster {
                 continue;
             }
             let start = self.next_start % self.nodes.len();
-            match schedule(&w.pod, &self.nodes, start) {
+            let g = guarded.get_or_insert_with(|| guarded_nodes(&self.nodes));
+            match schedule(&w.pod, &self.nodes, start, g) {
                 Ok((i, examined)) => {
+                    if !w.pod.anti_affinity().is_empty() && !g.contains(&i) {
+                        g.push(i);
+                    }
                     self.next_start = (start + examined) % self.nodes.len();
                     let node = self.nodes[i].name.clone();
                     self.place(&key, &node, PlacedPod::from_info(&w.pod));

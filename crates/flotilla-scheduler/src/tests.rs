@@ -186,6 +186,28 @@ fn anti_affinity_by_hostname_both_ways() {
 }
 
 #[test]
+fn a_pod_placed_earlier_in_the_same_batch_keeps_others_out_by_its_anti_affinity() {
+    let mut c = Cluster::new();
+    // n1 has more room, so least-allocated alone would put every pod there.
+    c.apply_node(&node("n1", "8", "8Gi", ""));
+    c.apply_node(&node("n2", "1", "8Gi", ""));
+    let aa = "  affinity:\n    podAntiAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n      - labelSelector: {matchLabels: {app: web}}\n        topologyKey: kubernetes.io/hostname";
+    c.apply_pod(&pod("a-guard", "100m", aa));
+    c.apply_pod(&pod("b-plain", "100m", ""));
+    c.apply_pod(&pod("c-plain", "100m", ""));
+    let (ok, bad) = schedule_all(&mut c);
+    assert!(bad.is_empty(), "{bad:?}");
+    assert_eq!(
+        ok,
+        vec![
+            ("a-guard".into(), "n1".into()),
+            ("b-plain".into(), "n2".into()),
+            ("c-plain".into(), "n2".into()),
+        ]
+    );
+}
+
+#[test]
 fn pods_of_one_owner_spread_across_nodes() {
     let mut c = Cluster::new();
     for n in ["n1", "n2", "n3"] {

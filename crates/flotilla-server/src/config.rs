@@ -114,6 +114,9 @@ pub struct Limits {
     pub unschedulable_retry_ms: u64,
     /// Pods bound per fenced batch (one log entry); at most `max_batch_writes`.
     pub scheduler_bind_batch: usize,
+    /// Bind batches committing at once: the scheduler decides the next batch while earlier
+    /// ones commit (each decision is assumed placed at once, so batches never share room).
+    pub scheduler_binds_in_flight: usize,
     /// Objects the controller-manager reconciles per round before it writes.
     pub controller_round_keys: usize,
     /// A node whose Lease the controller-manager has not seen renewed for this long is
@@ -159,6 +162,7 @@ impl Default for Limits {
             role_retry_ms: 2_000,
             unschedulable_retry_ms: 30_000,
             scheduler_bind_batch: 1000,
+            scheduler_binds_in_flight: 4,
             controller_round_keys: 1000,
             node_grace_period_ms: 40_000,
             default_unreachable_toleration_seconds: 300,

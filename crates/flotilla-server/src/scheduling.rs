@@ -1,7 +1,8 @@
 //! The scheduler's loop: every server keeps the placement picture (`flotilla-scheduler`'s
 //! `Cluster`) warm from its own state, and the one holding the `scheduler` Lease decides and
-//! writes. Bindings go out in batches (up to `max_batch_writes` per log entry), each batch
-//! fenced with the Lease's epoch, so a deposed scheduler's late batch is refused whole by the
+//! writes. Bindings go out in batches (up to `max_batch_writes` per log entry, up to
+//! `scheduler_binds_in_flight` committing while the next is decided), each batch fenced with
+//! the Lease's epoch, so a deposed scheduler's late batch is refused whole by the
 //! state machine; a pod that fits nowhere gets `PodScheduled=False` with the reason and a
 //! `FailedScheduling` Event.
 //!
@@ -16,6 +17,7 @@ use flotilla_api::pb::api::{
 };
 use flotilla_api::ErrorCode;
 use flotilla_scheduler::{Cluster, Placement, Unplaced};
+use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 
 use crate::api::ObjectApi;
@@ -63,6 +65,10 @@ async fn run(node: Arc<Node>, api: Arc<ObjectApi>, elections: Elections) {
     // After a failed bind: when to decide again if no change comes first.
     let mut retry_soon: Option<tokio::time::Instant> = None;
     retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Bind batches committing while the next ones are decided: a decision counts as placed at
+    // once (assumed), so later batches never reuse room an earlier one took.
+    let mut binding: JoinSet<(i64, Vec<(String, BindOutcome)>)> = JoinSet::new();
+    let in_flight = node.limits.scheduler_binds_in_flight.max(1);
     loop {
         let role_changed = async {
             match epoch_rx.as_mut() {
@@ -74,6 +80,8 @@ async fn run(node: Arc<Node>, api: Arc<ObjectApi>, elections: Elections) {
                 None => std::future::pending::<()>().await,
             }
         };
+        // Set when a bind came back failed: take in the feed before deciding again.
+        let mut hold_off = false;
         tokio::select! {
             _ = node.shutdown.cancelled() => return,
             r = informer.next(FEED_BATCH) => match r {
@@ -84,10 +92,35 @@ async fn run(node: Arc<Node>, api: Arc<ObjectApi>, elections: Elections) {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             },
+            Some(done) = binding.join_next(), if !binding.is_empty() => {
+                let Ok((epoch, outcomes)) = done else {
+                    // A bind task cannot panic short of a bug; its pods stay assumed until
+                    // their watch events or a relist correct the picture.
+                    continue;
+                };
+                let b = settle(&node, &mut cluster, outcomes);
+                if b.fenced {
+                    if deposed != Some(epoch) {
+                        tracing::warn!(
+                            epoch,
+                            "scheduler: bindings refused by fencing; another server holds the role now"
+                        );
+                    }
+                    deposed = Some(epoch);
+                }
+                if b.failed {
+                    // The picture is stale or the store is struggling.
+                    retry_soon = Some(tokio::time::Instant::now() + BIND_RETRY);
+                    hold_off = true;
+                }
+            },
             _ = retry_tick.tick() => cluster.retry_unschedulable(),
             _ = async { tokio::time::sleep_until(retry_soon.unwrap_or_else(tokio::time::Instant::now)).await },
                 if retry_soon.is_some() => retry_soon = None,
             _ = role_changed => {}
+        }
+        if hold_off {
+            continue;
         }
         let Some(held) = elections.held(ROLE) else {
             continue;
@@ -110,20 +143,14 @@ async fn run(node: Arc<Node>, api: Arc<ObjectApi>, elections: Elections) {
             .scheduler_bind_batch
             .min(node.limits.max_batch_writes)
             .max(1);
-        while cluster.pending_count() > 0 && elections.epoch(ROLE) == Some(epoch) {
+        while binding.len() < in_flight
+            && cluster.pending_count() > 0
+            && elections.epoch(ROLE) == Some(epoch)
+        {
             let (placed, unplaced) = cluster.next_batch(batch);
-            let outcome = if placed.is_empty() {
-                Bound::default()
-            } else {
-                bind(&node, &api, &mut cluster, placed, epoch).await
-            };
-            if outcome.fenced {
-                tracing::warn!(
-                    epoch,
-                    "scheduler: bindings refused by fencing; another server holds the role now"
-                );
-                deposed = Some(epoch);
-                break;
+            if !placed.is_empty() {
+                let api = api.clone();
+                binding.spawn(async move { (epoch, bind(&api, placed, epoch).await) });
             }
             let report: Vec<Unplaced> = unplaced.into_iter().filter(|u| u.report).collect();
             if !report.is_empty() {
@@ -132,33 +159,58 @@ async fn run(node: Arc<Node>, api: Arc<ObjectApi>, elections: Elections) {
             if node.shutdown.is_cancelled() {
                 return;
             }
-            // A failed bind means this picture is stale or the store is struggling: take in
-            // the feed before deciding again (the next change or retry tick resumes).
-            if outcome.failed {
-                retry_soon = Some(tokio::time::Instant::now() + BIND_RETRY);
-                break;
-            }
         }
     }
+}
+
+/// What became of one pod's bind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BindOutcome {
+    Bound,
+    /// Refused by fencing: another server holds the role.
+    Fenced,
+    /// Refused on the pod's own merits (gone, bound already, another uid): our copy is stale.
+    Refused,
+    /// Not answered (the batch failed or timed out): unknown, decided again.
+    Lost,
 }
 
 /// How a batch of bindings went.
 #[derive(Default)]
 struct Bound {
-    /// Fencing refused them: another server holds the role.
     fenced: bool,
     /// Some were not bound.
     failed: bool,
 }
 
-/// Bind the placements in one fenced batch.
-async fn bind(
-    node: &Node,
-    api: &ObjectApi,
-    cluster: &mut Cluster,
-    placed: Vec<Placement>,
-    epoch: i64,
-) -> Bound {
+/// Take the outcomes of one bind batch into the picture.
+fn settle(node: &Node, cluster: &mut Cluster, outcomes: Vec<(String, BindOutcome)>) -> Bound {
+    let mut out = Bound::default();
+    let mut bound = 0u64;
+    for (key, o) in outcomes {
+        match o {
+            BindOutcome::Bound => bound += 1,
+            BindOutcome::Fenced => {
+                out.fenced = true;
+                out.failed = true;
+                cluster.bind_failed(&key);
+            }
+            BindOutcome::Refused => {
+                out.failed = true;
+                cluster.bind_refused(&key);
+            }
+            BindOutcome::Lost => {
+                out.failed = true;
+                cluster.bind_failed(&key);
+            }
+        }
+    }
+    node.metrics.pods_bound.inc_by(bound);
+    out
+}
+
+/// Bind the placements in one fenced batch; the outcome of each, by pod key.
+async fn bind(api: &ObjectApi, placed: Vec<Placement>, epoch: i64) -> Vec<(String, BindOutcome)> {
     let f = fence(ROLE, epoch);
     let writes: Vec<Write> = placed
         .iter()
@@ -178,41 +230,30 @@ async fn bind(
         .await
     {
         Ok(r) => {
-            let mut bound = 0u64;
-            let mut out = Bound::default();
-            for (key, res) in keys.iter().zip(r.into_inner().results) {
-                match res.result {
-                    Some(write_result::Result::Object(_)) => bound += 1,
-                    Some(write_result::Result::Error(e)) => {
-                        out.failed = true;
-                        if e.code == ErrorCode::Fenced as i32 {
-                            out.fenced = true;
-                            cluster.bind_failed(key);
-                        } else {
-                            // Gone, bound already, another uid: our copy is stale.
-                            tracing::debug!(pod = %key, "bind refused: {}", e.message);
-                            cluster.bind_refused(key);
+            let mut results = r.into_inner().results.into_iter();
+            keys.into_iter()
+                .map(|key| {
+                    let o = match results.next().and_then(|r| r.result) {
+                        Some(write_result::Result::Object(_)) => BindOutcome::Bound,
+                        Some(write_result::Result::Error(e))
+                            if e.code == ErrorCode::Fenced as i32 =>
+                        {
+                            BindOutcome::Fenced
                         }
-                    }
-                    None => {
-                        out.failed = true;
-                        cluster.bind_failed(key);
-                    }
-                }
-            }
-            node.metrics.pods_bound.inc_by(bound);
-            out
+                        Some(write_result::Result::Error(e)) => {
+                            tracing::debug!(pod = %key, "bind refused: {}", e.message);
+                            BindOutcome::Refused
+                        }
+                        None => BindOutcome::Lost,
+                    };
+                    (key, o)
+                })
+                .collect()
         }
         Err(s) => {
             tracing::warn!(pods = keys.len(), "bind batch failed: {}", s.message());
-            for key in &keys {
-                cluster.bind_failed(key);
-            }
             // The loop retries after BIND_RETRY, taking in the feed meanwhile.
-            Bound {
-                fenced: false,
-                failed: true,
-            }
+            keys.into_iter().map(|k| (k, BindOutcome::Lost)).collect()
         }
     }
 }

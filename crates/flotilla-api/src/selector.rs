@@ -1,6 +1,7 @@
 //! Kubernetes label selectors: `a=b`, `a==b`, `a!=b`, `a in (x,y)`, `a notin (x)`, `a`, `!a`,
 //! joined by commas (all must hold).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::error::ApiError;
@@ -78,53 +79,63 @@ impl FieldSelector {
     pub fn matches(&self, o: &crate::pb::api::Object) -> bool {
         self.reqs
             .iter()
-            .all(|(f, eq, v)| (field_value(o, f) == *v) == *eq)
+            .all(|(f, eq, v)| (field_value(o, f) == v.as_str()) == *eq)
+    }
+
+    /// The value `field` must equal, if the selector requires one (what an index can look up).
+    pub fn required_value(&self, field: &str) -> Option<&str> {
+        self.reqs
+            .iter()
+            .find(|(f, eq, _)| *eq && f == field)
+            .map(|(_, _, v)| v.as_str())
     }
 }
 
-/// A selectable field's value as a string ("" when unset).
-fn field_value(o: &crate::pb::api::Object, field: &str) -> String {
+/// A selectable field's value as a string ("" when unset); borrowed where the object holds it,
+/// as watch filters call this for every event.
+fn field_value<'a>(o: &'a crate::pb::api::Object, field: &str) -> Cow<'a, str> {
     use crate::pb::api::object::Body;
     let m = o.meta();
+    let b = |s: &'a String| Cow::Borrowed(s.as_str());
     match (field, &o.body) {
-        ("metadata.name", _) => m.name.clone(),
-        ("metadata.namespace", _) => m.namespace.clone(),
-        ("spec.nodeName", Some(Body::Pod(p))) => p
-            .spec
-            .as_ref()
-            .map(|s| s.node_name.clone())
-            .unwrap_or_default(),
+        ("metadata.name", _) => b(&m.name),
+        ("metadata.namespace", _) => b(&m.namespace),
+        ("spec.nodeName", Some(Body::Pod(p))) => {
+            p.spec.as_ref().map(|s| b(&s.node_name)).unwrap_or_default()
+        }
         ("spec.schedulerName", Some(Body::Pod(p))) => p
             .spec
             .as_ref()
-            .map(|s| s.scheduler_name.clone())
+            .map(|s| b(&s.scheduler_name))
             .unwrap_or_default(),
-        ("status.phase", Some(Body::Pod(p))) => p
-            .status
-            .as_ref()
-            .map(|s| s.phase.clone())
-            .unwrap_or_default(),
-        ("status.phase", Some(Body::Namespace(n))) => n
-            .status
-            .as_ref()
-            .map(|s| s.phase.clone())
-            .unwrap_or_default(),
-        ("spec.unschedulable", Some(Body::Node(n))) => {
-            n.spec.as_ref().is_some_and(|s| s.unschedulable).to_string()
+        ("status.phase", Some(Body::Pod(p))) => {
+            p.status.as_ref().map(|s| b(&s.phase)).unwrap_or_default()
         }
-        ("type", Some(Body::Secret(s))) => s.r#type.clone(),
-        ("type", Some(Body::Event(e))) => e.r#type.clone(),
-        ("reason", Some(Body::Event(e))) => e.reason.clone(),
+        ("status.phase", Some(Body::Namespace(n))) => {
+            n.status.as_ref().map(|s| b(&s.phase)).unwrap_or_default()
+        }
+        ("spec.unschedulable", Some(Body::Node(n))) => {
+            Cow::Borrowed(if n.spec.as_ref().is_some_and(|s| s.unschedulable) {
+                "true"
+            } else {
+                "false"
+            })
+        }
+        ("type", Some(Body::Secret(s))) => b(&s.r#type),
+        ("type", Some(Body::Event(e))) => b(&e.r#type),
+        ("reason", Some(Body::Event(e))) => b(&e.reason),
         (f, Some(Body::Event(e))) if f.starts_with("involvedObject.") => {
-            let r = e.involved_object.clone().unwrap_or_default();
-            match f {
-                "involvedObject.kind" => r.kind,
-                "involvedObject.name" => r.name,
-                "involvedObject.namespace" => r.namespace,
-                _ => r.uid,
+            match e.involved_object.as_ref() {
+                None => Cow::Borrowed(""),
+                Some(r) => match f {
+                    "involvedObject.kind" => b(&r.kind),
+                    "involvedObject.name" => b(&r.name),
+                    "involvedObject.namespace" => b(&r.namespace),
+                    _ => b(&r.uid),
+                },
             }
         }
-        _ => String::new(),
+        _ => Cow::Borrowed(""),
     }
 }
 
@@ -168,6 +179,10 @@ impl Selector {
 
     pub fn is_empty(&self) -> bool {
         self.reqs.is_empty() && self.fields.reqs.is_empty()
+    }
+
+    pub fn fields(&self) -> &FieldSelector {
+        &self.fields
     }
 
     /// Labels and fields of `o` both match.
@@ -265,6 +280,15 @@ mod tests {
             e.message
         );
         assert!(Selector::default().with_fields("spec.nodeName").is_err());
+        let f = s("metadata.name!=x,spec.nodeName==n1");
+        assert_eq!(f.fields().required_value("spec.nodeName"), Some("n1"));
+        assert_eq!(f.fields().required_value("metadata.name"), None);
+        assert_eq!(
+            s("spec.nodeName!=n1")
+                .fields()
+                .required_value("spec.nodeName"),
+            None
+        );
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

@@ -48,6 +48,41 @@ pub struct AppliedBatch {
     pub events: Vec<WatchEvent>,
     /// The state was replaced by a snapshot: watchers behind `revision` cannot continue.
     pub reset: bool,
+    /// Pod events by `spec.nodeName`, built by the first watcher that asks: every agent
+    /// watches its own node's pods, and thousands of them each filtering every event of an
+    /// entry would cost O(agents × events) per entry (Kubernetes' watch cache indexes pod
+    /// watchers by node name for the same reason).
+    by_node: std::sync::OnceLock<std::collections::HashMap<String, Vec<usize>>>,
+}
+
+impl AppliedBatch {
+    pub fn new(revision: u64, events: Vec<WatchEvent>, reset: bool) -> AppliedBatch {
+        AppliedBatch {
+            revision,
+            events,
+            reset,
+            by_node: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The indexes in `events` of the Pod events whose pod has `spec.nodeName == node`.
+    pub fn pod_events_on_node(&self, node: &str) -> &[usize] {
+        let index = self.by_node.get_or_init(|| {
+            let mut index: std::collections::HashMap<String, Vec<usize>> = Default::default();
+            for (i, ev) in self.events.iter().enumerate() {
+                let Some(o) = &ev.object else { continue };
+                if let Some(flotilla_api::pb::api::object::Body::Pod(p)) = &o.body {
+                    if let Some(n) = p.spec.as_ref().map(|s| &s.node_name) {
+                        if !n.is_empty() {
+                            index.entry(n.clone()).or_default().push(i);
+                        }
+                    }
+                }
+            }
+            index
+        });
+        index.get(node).map(Vec::as_slice).unwrap_or(&[])
+    }
 }
 
 /// One applied entry: its revision, the command result (normal entries) and its events.
@@ -611,11 +646,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 r.send(result.unwrap_or_default());
             }
             // No receiver is fine: nobody is watching.
-            let _ = self.inner.events_tx.send(Arc::new(AppliedBatch {
-                revision,
-                events,
-                reset: false,
-            }));
+            let _ = self
+                .inner
+                .events_tx
+                .send(Arc::new(AppliedBatch::new(revision, events, false)));
             last = revision;
         }
         self.inner.applied_tx.send_replace(last);
@@ -639,11 +673,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .snapshots_installed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(revision, "installed snapshot");
-        let _ = self.inner.events_tx.send(Arc::new(AppliedBatch {
-            revision,
-            events: Vec::new(),
-            reset: true,
-        }));
+        let _ = self
+            .inner
+            .events_tx
+            .send(Arc::new(AppliedBatch::new(revision, Vec::new(), true)));
         self.inner.applied_tx.send_replace(revision);
         Ok(())
     }
@@ -823,6 +856,38 @@ fn keys_before(items: &[Object], _kind: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_applied_batch_indexes_pod_events_by_node() {
+        use flotilla_api::pb::api::{object::Body, Pod, PodSpec};
+        let pod = |name: &str, node: &str| WatchEvent {
+            object: Some(Object {
+                kind: "Pod".into(),
+                body: Some(Body::Pod(Pod {
+                    spec: Some(PodSpec {
+                        node_name: node.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+                metadata: Some(flotilla_api::pb::api::ObjectMeta {
+                    name: name.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let b = AppliedBatch::new(
+            7,
+            vec![pod("a", "n1"), pod("b", ""), pod("c", "n2"), pod("d", "n1")],
+            false,
+        );
+        assert_eq!(b.pod_events_on_node("n1"), &[0, 3]);
+        assert_eq!(b.pod_events_on_node("n2"), &[2]);
+        assert!(b.pod_events_on_node("").is_empty());
+        assert!(b.pod_events_on_node("n3").is_empty());
+    }
     use flotilla_api::pb::api::{
         object::Body, write::Op, ConfigMap, DeleteRequest, EventType, ObjectMeta, Write,
     };

@@ -25,6 +25,9 @@ struct Filter {
     namespace: String,
     name: String,
     selector: Selector,
+    /// A Pod watch for one node's pods (an agent's): only the entry's index for that node is
+    /// looked at, not every event.
+    node: Option<String>,
 }
 
 impl Filter {
@@ -47,11 +50,20 @@ pub fn start(
     if req.kind.is_empty() {
         return Err(ApiError::invalid("kind", "must be set"));
     }
+    let selector = Selector::parse(&req.label_selector)?.with_fields(&req.field_selector)?;
+    let node_name = match req.kind.as_str() {
+        "Pod" => selector
+            .fields()
+            .required_value("spec.nodeName")
+            .map(String::from),
+        _ => None,
+    };
     let filter = Filter {
         kind: req.kind.clone(),
         namespace: req.namespace.clone(),
         name: req.name.clone(),
-        selector: Selector::parse(&req.label_selector)?.with_fields(&req.field_selector)?,
+        selector,
+        node: node_name,
     };
     let permit = node.watchers.clone().try_acquire_owned().map_err(|_| {
         ApiError::unavailable(format!(
@@ -150,7 +162,14 @@ async fn run(node: &Node, filter: &Filter, start_revision: u64, tx: &Tx) -> Resu
                         sent_since_tick = true;
                         continue;
                     }
-                    for ev in &batch.events {
+                    // Only events that can match: an index lookup for a node's pods.
+                    let candidates: Box<dyn Iterator<Item = &WatchEvent> + Send> = match &filter.node {
+                        Some(n) => Box::new(
+                            batch.pod_events_on_node(n).iter().filter_map(|&i| batch.events.get(i)),
+                        ),
+                        None => Box::new(batch.events.iter()),
+                    };
+                    for ev in candidates {
                         if filter.matches(ev) {
                             live_sent += 1;
                             if live_sent == crate::planted::DROPPED_WATCH_EVENT

@@ -391,6 +391,25 @@ async fn start(
                 );
                 return Some(Active::Removed(lost));
             }
+            // A server an earlier heal could not add back is still out: add it back before
+            // removing anyone else, or the cluster shrinks below three voters (seed 213 ran
+            // on two, then one).
+            let left_out: Vec<u64> = g.removed.iter().copied().collect();
+            if !left_out.is_empty() {
+                for id in left_out {
+                    match g.add_member(id).await {
+                        Ok(()) => rec.fault(
+                            n.name(),
+                            "start",
+                            vec![id],
+                            FaultStatus::Installed,
+                            "an earlier re-add had failed: added back empty, caught up, promoted (nobody removed this time)",
+                        ),
+                        Err(e) => rec.fault(n.name(), "start", vec![id], FaultStatus::Indeterminate, e),
+                    }
+                }
+                return None;
+            }
             let mut ids: Vec<u64> = g
                 .ids
                 .iter()

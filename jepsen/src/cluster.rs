@@ -512,8 +512,9 @@ impl Db {
         self.mark_removed(id)
     }
 
-    /// The voters as the leader reports them (None if no leader answered): a follower's view
-    /// may lag behind a promotion.
+    /// The voters as the leader reports them (None if no leader answered, or if its membership
+    /// is not committed yet): a follower's view may lag behind a promotion, and a change in
+    /// flight may still be truncated — a server wiped on its word could still be a voter.
     pub async fn voters(&self) -> Option<BTreeSet<u64>> {
         let leader = self.leader().await?;
         let mut c = self.client(leader).await.ok()?;
@@ -521,7 +522,7 @@ impl Db {
             .await
             .ok()?
             .ok()?;
-        (st.leader_id == leader).then(|| {
+        (st.leader_id == leader && st.membership_committed).then(|| {
             st.members
                 .iter()
                 .filter(|m| m.voter)

@@ -89,6 +89,9 @@ impl ClusterApi {
         let replication = m.replication.clone().unwrap_or_default();
         let membership = m.membership_config.membership().clone();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let membership_committed = membership.get_joint_config().len() == 1
+            && m.membership_config.log_id().as_ref().map(|l| l.index)
+                <= m.last_applied.as_ref().map(|l| l.index);
         let mut members = Vec::new();
         let mut asks = Vec::new();
         for (id, n) in membership.nodes() {
@@ -139,6 +142,7 @@ impl ClusterApi {
             members,
             cluster_id: self.node.cluster_id.clone(),
             roles: crate::election::holders(&self.node),
+            membership_committed,
         }
     }
 
@@ -253,6 +257,7 @@ impl ClusterService for ClusterApi {
             members: vec![local],
             cluster_id: self.node.cluster_id.clone(),
             roles: crate::election::holders(&self.node),
+            membership_committed: false,
         }))
     }
 
